@@ -1,0 +1,483 @@
+"""Write BENCHMARKS.md from a pytest-benchmark JSON file.
+
+    python benches/report.py BENCH_JSON OUT_MD
+
+Everything above the ``<!-- notes -->`` line of OUT_MD is regenerated; the marker and everything
+after it are kept from the existing file (hand-written notes live there). Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+NOTES_MARKER = "<!-- notes -->"
+
+# contender names, as the benchmarks record them in extra_info["tool"]
+LC = "layercore"
+REF = "reference"
+TAR_OPENSSL = "tar | openssl dgst"
+TAR_PIGZ = "tar | pigz -1"
+TAR_ZSTD = "tar | zstd -1 -T0"
+OPENSSL = "openssl dgst -sha256"
+SHA256_FILE = "layercore.sha256_file"
+
+# groups in reading order; anything else follows, sorted
+GROUP_ORDER = [
+    "tar+diff_id/small",
+    "tar+diff_id/stdlib",
+    "gzip-1/small",
+    "gzip-1/big",
+    "gzip-1/stdlib",
+    "zstd-1/small",
+    "zstd-1/big",
+    "zstd-1/stdlib",
+    "sha256/big",
+    "sha256-file/big",
+    "threads-gzip-1/big",
+]
+RSS_GROUP = "rss"
+RSS_LIMIT_MIB = 100.0
+
+PREAMBLE = """\
+Every ratio below compares contenders measured side by side, one after the other, in the same
+run, on a shared, noisy {cores}-core machine, with the source trees warm in the page cache.
+Absolute times drift from run to run; the ratios are the figures to read.
+
+In each table the first row (bold) is the subject, layercore; **speed-up** is the other row's
+median time divided by the subject's (baseline_time / layercore_time, > 1 means layercore is
+faster), **size ratio** is the subject's output bytes divided by the other row's. Ratios and
+MB/s use the median over the rounds shown (the fastest round is listed beside it); MB/s is
+file-content bytes read per second (1 MB = 10^6 bytes). The CLI pipeline `tar | openssl dgst`
+only hashes the tar stream and writes nothing to disk; every other contender writes its layer to
+a file on the same filesystem as the tree.
+"""
+
+
+@dataclass
+class Bench:
+    name: str
+    group: str
+    median: float
+    minimum: float
+    rounds: int
+    info: dict[str, Any]
+
+    @property
+    def tool(self) -> str:
+        return str(self.info.get("tool", self.name))
+
+    @property
+    def subject(self) -> bool:
+        return bool(self.info.get("subject"))
+
+    @property
+    def bytes_in(self) -> int | None:
+        v = self.info.get("bytes_in")
+        return int(v) if v is not None else None
+
+    @property
+    def bytes_out(self) -> int | None:
+        v = self.info.get("bytes_out")
+        return int(v) if v is not None else None
+
+    def mbps(self) -> float | None:
+        if self.bytes_in is None or self.median <= 0:
+            return None
+        return self.bytes_in / self.median / 1e6
+
+
+class Results:
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.benches = [
+            Bench(
+                name=b["name"],
+                group=b.get("group") or "",
+                median=float(b["stats"]["median"]),
+                minimum=float(b["stats"]["min"]),
+                rounds=int(b["stats"]["rounds"]),
+                info=b.get("extra_info") or {},
+            )
+            for b in data.get("benchmarks", [])
+        ]
+
+    def groups(self) -> list[str]:
+        present = {b.group for b in self.benches if b.group != RSS_GROUP}
+        ordered = [g for g in GROUP_ORDER if g in present]
+        return ordered + sorted(present - set(ordered))
+
+    def in_group(self, group: str) -> list[Bench]:
+        rows = [b for b in self.benches if b.group == group]
+        return sorted(rows, key=lambda b: not b.subject)  # stable: subject first, then run order
+
+    def get(self, group: str, tool: str) -> Bench | None:
+        return next((b for b in self.benches if b.group == group and b.tool == tool), None)
+
+    def subject(self, group: str) -> Bench | None:
+        return next((b for b in self.benches if b.group == group and b.subject), None)
+
+    def rss(self) -> list[dict[str, Any]]:
+        for b in self.benches:
+            if b.group == RSS_GROUP:
+                return list(b.info.get("rss") or [])
+        return []
+
+
+# --------------------------------------------------------------------------------------------
+# formatting
+
+
+def esc(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms" if seconds < 0.1 else f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.1f} kB"
+
+
+def fmt_rate(mbps: float | None) -> str:
+    if mbps is None:
+        return "—"
+    return f"{mbps:.0f}" if mbps >= 100 else f"{mbps:.1f}"
+
+
+def fmt_ratio(r: float | None, digits: int = 2) -> str:
+    return "—" if r is None else f"{r:.{digits}f}x"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine_section(res: Results) -> list[str]:
+    mi = res.data.get("machine_info") or {}
+    lc = mi.get("layercore") or {}
+    ci = res.data.get("commit_info") or {}
+    commit = lc.get("commit")
+    if not commit or commit == "unknown":
+        commit = _run(["git", "rev-parse", "--short", "HEAD"]) or "unknown (no commit)"
+    if ci.get("dirty"):
+        commit += " (uncommitted changes)"
+    try:
+        when = datetime.fromisoformat(res.data["datetime"]).strftime("%Y-%m-%d %H:%M UTC")
+    except (KeyError, ValueError):
+        when = "unknown"
+    cpu = lc.get("cpu_model") or _cpu_model()
+    cores = lc.get("cores") or os.cpu_count()
+    py = f"{mi.get('python_implementation', '')} {mi.get('python_version', '')}".strip()
+    tools = lc.get("tools") or {}
+    rows = [
+        ["CPU", esc(str(cpu))],
+        ["Cores", str(cores)],
+        ["Date", when],
+        ["Commit", esc(str(commit))],
+        ["Python", py or "unknown"],
+        ["layercore build", str(lc.get("build_profile", "unknown"))],
+        ["Load average at the end (1/5/15 min)", esc(str(lc.get("loadavg", "unknown")))],
+        ["Kernel", f"{mi.get('system', '')} {mi.get('release', '')}".strip() or "unknown"],
+        ["Tools", esc(" · ".join(str(v) for v in tools.values())) or "unknown"],
+    ]
+    return ["## Machine", "", *table(["", ""], rows)]
+
+
+def trees_section(res: Results) -> list[str]:
+    seen: dict[str, dict[str, Any]] = {}
+    for b in res.benches:
+        tree, ti = b.info.get("tree"), b.info.get("tree_info")
+        if tree and ti and tree not in seen:
+            seen[str(tree)] = ti
+    if not seen:
+        return []
+    order = [t for t in ("small", "big", "stdlib") if t in seen] + sorted(
+        set(seen) - {"small", "big", "stdlib"}
+    )
+    rows = [
+        [
+            f"`{t}`",
+            f"{seen[t].get('files', 0):,}",
+            f"{seen[t].get('dirs', 0):,}",
+            f"{seen[t].get('symlinks', 0):,}",
+            f"{seen[t].get('hardlinks', 0):,}",
+            fmt_bytes(seen[t].get("bytes")),
+        ]
+        for t in order
+    ]
+    return [
+        "## Trees",
+        "",
+        *table(["Tree", "Regular files", "Directories", "Symlinks", "Hardlinks", "Content"], rows),
+    ]
+
+
+def group_section(res: Results, group: str) -> list[str]:
+    rows_in = res.in_group(group)
+    subj = res.subject(group)
+    rows = []
+    for b in rows_in:
+        speed = size = "—"
+        if subj is not None and b is not subj:
+            speed = fmt_ratio(b.median / subj.median if subj.median > 0 else None)
+            if subj.bytes_out and b.bytes_out:
+                size = f"{subj.bytes_out / b.bytes_out:.4f}"
+        name = esc(b.tool)
+        if b is subj:
+            name, speed, size = f"**{name}**", "subject", "subject"
+        out = fmt_bytes(b.bytes_out)
+        if b.bytes_out is None and b.info.get("writes_output") is False:
+            out = "not written"
+        median, minimum = fmt_time(b.median), fmt_time(b.minimum)
+        rows.append([name, median, minimum, str(b.rounds), fmt_rate(b.mbps()), out, speed, size])
+    header = ["Contender", "Median", "Min", "Rounds", "MB/s", "Output", "Speed-up", "Size ratio"]
+    return [f"### {group}", "", *table(header, rows)]
+
+
+def rss_section(res: Results) -> list[str]:
+    probes = res.rss()
+    if not probes:
+        return []
+    base = {p["name"]: p["maxrss_kib"] for p in probes if not p.get("baseline")}
+    rows = []
+    for p in probes:
+        mib = p["maxrss_kib"] / 1024
+        over = "baseline"
+        if p.get("baseline") in base:
+            over = f"+{(p['maxrss_kib'] - base[p['baseline']]) / 1024:.1f} MiB"
+        rows.append([esc(p["name"]), f"{mib:.1f} MiB", over])
+    return [
+        "### Peak RSS",
+        "",
+        "Each probe is a fresh `python -c` child; the baseline rows only import the package.",
+        "",
+        *table(["Probe", "Peak RSS", "Over import baseline"], rows),
+    ]
+
+
+@dataclass
+class Target:
+    target: str
+    tree: str
+    required: str
+    measured: str
+    met: bool | None  # None: not measured
+
+
+def _speedup(res: Results, group: str, baseline_tool: str) -> float | None:
+    s, b = res.subject(group), res.get(group, baseline_tool)
+    if s is None or b is None or s.median <= 0:
+        return None
+    return b.median / s.median
+
+
+def _size_ratio(res: Results, group: str, baseline_tool: str) -> float | None:
+    s, b = res.subject(group), res.get(group, baseline_tool)
+    if s is None or b is None or not s.bytes_out or not b.bytes_out:
+        return None
+    return s.bytes_out / b.bytes_out
+
+
+def targets(res: Results) -> list[Target]:
+    out: list[Target] = []
+
+    def add(
+        target: str, tree: str, required: str, value: float | None, ok: bool, shown: str
+    ) -> None:
+        out.append(
+            Target(
+                target,
+                tree,
+                required,
+                "—" if value is None else shown,
+                None if value is None else ok,
+            )
+        )
+
+    r = _speedup(res, "tar+diff_id/small", REF)
+    add(
+        "plain tar + diff_id vs reference",
+        "small",
+        "≥ 10x faster",
+        r,
+        r is not None and r >= 10,
+        fmt_ratio(r, 1),
+    )
+    r = _speedup(res, "tar+diff_id/small", TAR_OPENSSL)
+    add(
+        "plain tar + diff_id vs `tar \\| openssl dgst`",
+        "small",
+        "faster (> 1x)",
+        r,
+        r is not None and r > 1,
+        fmt_ratio(r),
+    )
+    r = _speedup(res, "sha256/big", OPENSSL)  # same bytes: time ratio = throughput ratio
+    add(
+        "uncompressed layer vs `openssl dgst -sha256` on the files",
+        "big",
+        "≥ 95 % of throughput",
+        r,
+        r is not None and r >= 0.95,
+        f"{r * 100:.0f} %" if r is not None else "",
+    )
+    r = _speedup(res, "sha256-file/big", OPENSSL)
+    add(
+        "`sha256_file` vs `openssl dgst -sha256`",
+        "big (one file)",
+        "≥ 95 % of throughput",
+        r,
+        r is not None and r >= 0.95,
+        f"{r * 100:.0f} %" if r is not None else "",
+    )
+    for tree in ("small", "big", "stdlib"):
+        r = _speedup(res, f"gzip-1/{tree}", TAR_PIGZ)
+        add(
+            "gzip-1 throughput vs `tar \\| pigz -1`",
+            tree,
+            "≥ 1.5x",
+            r,
+            r is not None and r >= 1.5,
+            fmt_ratio(r),
+        )
+    for tree in ("small", "big", "stdlib"):
+        r = _size_ratio(res, f"gzip-1/{tree}", TAR_PIGZ)
+        add(
+            "gzip-1 output size vs `tar \\| pigz -1`",
+            tree,
+            "≤ 1.03x (≤ 3 % larger)",
+            r,
+            r is not None and r <= 1.03,
+            f"{r:.4f}x" if r is not None else "",
+        )
+    for tree in ("small", "big", "stdlib"):
+        r = _speedup(res, f"zstd-1/{tree}", TAR_ZSTD)
+        add(
+            "zstd-1 throughput vs `tar \\| zstd -1 -T0`",
+            tree,
+            "≥ 1x",
+            r,
+            r is not None and r >= 1,
+            fmt_ratio(r),
+        )
+    lc_probes = [p for p in res.rss() if p.get("tool") == LC and p.get("tree")]
+    if lc_probes:
+        for p in lc_probes:
+            mib = p["maxrss_kib"] / 1024
+            add(
+                f"peak RSS, {p['name']}",
+                str(p["tree"]),
+                "< 100 MiB",
+                mib,
+                mib < RSS_LIMIT_MIB,
+                f"{mib:.1f} MiB",
+            )
+    else:
+        add("peak RSS, layercore builds", "small, big", "< 100 MiB", None, False, "")
+    return out
+
+
+def targets_section(res: Results) -> list[str]:
+    rows = []
+    for t in targets(res):
+        status = "not measured" if t.met is None else ("met" if t.met else "**not met**")
+        rows.append([t.target, t.tree, t.required, t.measured, status])
+    return ["## Targets", "", *table(["Target", "Tree", "Required", "Measured", "Status"], rows)]
+
+
+def render(res: Results) -> str:
+    mi = res.data.get("machine_info") or {}
+    lc = mi.get("layercore") or {}
+    cores = lc.get("cores") or os.cpu_count()
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by benches/report.py from pytest-benchmark JSON: do not edit above the "
+        "notes marker; it is rewritten on every run. -->",
+        "",
+        PREAMBLE.format(cores=cores).rstrip(),
+        "",
+    ]
+    if lc.get("smoke"):
+        lines += [
+            "> **Smoke run** (`LAYERCORE_BENCH_SMOKE=1`): tiny trees, one round each. These",
+            "> figures only show that the benchmark code runs; they say nothing about performance.",
+            "",
+        ]
+    lines += [*machine_section(res), ""]
+    lines += [*targets_section(res), ""]
+    tree_lines = trees_section(res)
+    if tree_lines:
+        lines += [*tree_lines, ""]
+    lines += ["## Results", ""]
+    for group in res.groups():
+        lines += [*group_section(res, group), ""]
+    rss_lines = rss_section(res)
+    if rss_lines:
+        lines += [*rss_lines, ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python benches/report.py BENCH_JSON OUT_MD", file=sys.stderr)
+        return 2
+    bench_json, out_md = Path(argv[1]), Path(argv[2])
+    res = Results(json.loads(bench_json.read_text()))
+    notes = NOTES_MARKER + "\n"
+    if out_md.exists():
+        old = out_md.read_text()
+        i = old.find(NOTES_MARKER)
+        if i >= 0:
+            notes = old[i:]
+    text = render(res) + "\n" + notes
+    tmp = out_md.with_name(out_md.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out_md)
+    print(f"wrote {out_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

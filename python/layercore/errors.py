@@ -1,0 +1,101 @@
+"""The exceptions layercore raises.
+
+Every failure is a :class:`LayerError` carrying ``path`` (the file, directory or layer at fault)
+and a message saying what was wrong. Where a standard exception fits, the class also derives from
+it, so ``except FileNotFoundError`` and ``except ValueError`` keep working. The Rust engine raises
+these same classes.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "CorruptLayerError",
+    "DigestMismatchError",
+    "LayerError",
+    "LayerIOError",
+    "LayerWarning",
+    "SourceChangedError",
+    "SourceNotFoundError",
+    "TruncatedLayerError",
+    "UnsupportedEntryError",
+]
+
+
+class LayerError(Exception):
+    """Base class of every layercore error; ``path`` names what was at fault."""
+
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: str | None = None if path is None else os.fspath(path)
+
+    def __str__(self) -> str:
+        if self.path is None:
+            return self.message
+        return f"{self.path}: {self.message}"
+
+
+class _OSLayerError(LayerError, OSError):
+    """A LayerError that is also an OSError (``filename`` and ``errno`` are set)."""
+
+    _errno: int | None = None
+
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
+        LayerError.__init__(self, message, path)
+        self.errno = self._errno
+        self.strerror = message
+        self.filename = self.path
+
+    def __str__(self) -> str:
+        return LayerError.__str__(self)
+
+
+class SourceNotFoundError(_OSLayerError, FileNotFoundError):
+    """The source directory, file or layer blob does not exist."""
+
+    _errno = _errno.ENOENT
+
+
+class LayerIOError(_OSLayerError):
+    """A file could not be read or written (permissions, I/O error)."""
+
+
+class SourceChangedError(_OSLayerError):
+    """A source file changed while the layer was written, so its entry would be wrong."""
+
+
+class CorruptLayerError(LayerError, ValueError):
+    """The layer is not a valid (compressed) tar stream."""
+
+
+class TruncatedLayerError(CorruptLayerError):
+    """The layer, or its gzip/zstd stream, ends before it should."""
+
+
+class DigestMismatchError(LayerError, ValueError):
+    """Recomputed bytes do not match the digest or diff_id they were recorded under."""
+
+    def __init__(
+        self,
+        message: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        what: str = "digest",
+        expected: str = "",
+        actual: str = "",
+    ) -> None:
+        super().__init__(message, path)
+        self.what = what
+        self.expected = expected
+        self.actual = actual
+
+
+class UnsupportedEntryError(LayerError, ValueError):
+    """A source entry or archive entry that a layer cannot carry, or that a policy rejects."""
+
+
+class LayerWarning(UserWarning):
+    """Something was left out of a layer (a socket, say) without failing the build."""

@@ -1,0 +1,147 @@
+"""Layers: building one from a directory, opening a blob, reading its entries, verifying it."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from layercore import _core
+from layercore._core import Entry
+from layercore.errors import LayerWarning
+
+__all__ = ["Compression", "Entry", "Layer", "Owner"]
+
+Compression = Literal["gzip", "zstd"] | None
+Owner = Literal["root", "keep"]
+StrPath = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer blob on disk and the identities a manifest and a config need.
+
+    ``digest`` is the sha256 of the blob as stored, ``diff_id`` the sha256 of the uncompressed
+    tar, ``size`` the blob's bytes. Build one with :meth:`from_dir`, or describe an existing blob
+    with :meth:`open`.
+    """
+
+    path: Path
+    media_type: str
+    digest: str
+    diff_id: str
+    size: int
+    #: Bytes of the uncompressed tar; None when the layer was opened with trusted digests and
+    #: has not been read.
+    uncompressed_size: int | None
+    compression: Compression
+
+    @classmethod
+    def from_dir(
+        cls,
+        src: StrPath,
+        out: StrPath,
+        *,
+        compression: Compression = "gzip",
+        level: int | None = None,
+        source_date_epoch: int | None = None,
+        owner: Owner = "root",
+        threads: int | None = None,
+    ) -> Layer:
+        """Writes the directory ``src`` as a layer blob at ``out``, in one streaming pass.
+
+        The tar is deterministic (GNU ``tar --sort=name`` order, PAX headers, no atime/ctime):
+        the same tree and options give the same bytes on any machine and with any ``threads``.
+        ``compression`` is ``"gzip"``, ``"zstd"`` or ``None`` (plain tar); ``level`` defaults to
+        1 for gzip and 3 for zstd. ``owner="root"`` writes uid/gid 0 without names,
+        ``owner="keep"`` the files' own. ``source_date_epoch`` clamps mtimes. ``threads``
+        defaults to every core. The blob appears at ``out`` only once it is complete.
+        Sockets are skipped with a :class:`~layercore.errors.LayerWarning`.
+        """
+        out_path = Path(out)
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        descriptor, skipped = _core.build_layer_from_dir(
+            os.fspath(src),
+            os.fspath(out_path),
+            compression=compression,
+            level=level,
+            source_date_epoch=source_date_epoch,
+            owner=owner,
+            threads=threads,
+        )
+        for message in skipped:
+            warnings.warn(message, LayerWarning, stacklevel=2)
+        return cls._from_descriptor(out_path, descriptor)
+
+    @classmethod
+    def open(cls, path: StrPath, *, digest: str | None = None, diff_id: str | None = None) -> Layer:
+        """Describes the blob at ``path`` (tar, gzip or zstd, detected by magic number).
+
+        Without ``digest`` and ``diff_id`` the blob is read once to compute both (and to check
+        that it is a valid archive). With both given, they are trusted and nothing is read;
+        :meth:`verify` checks them later.
+        """
+        p = Path(path)
+        if digest is not None and diff_id is not None:
+            if not p.exists():
+                from layercore.errors import SourceNotFoundError
+
+                raise SourceNotFoundError("does not exist", p)
+            with p.open("rb") as f:
+                magic = f.read(4)
+            compression: Compression = (
+                "gzip"
+                if magic.startswith(b"\x1f\x8b")
+                else "zstd"
+                if magic.startswith(b"\x28\xb5\x2f\xfd")
+                else None
+            )
+            return cls(
+                path=p,
+                media_type=_MEDIA_TYPES[compression],
+                digest=digest,
+                diff_id=diff_id,
+                size=p.stat().st_size,
+                uncompressed_size=None,
+                compression=compression,
+            )
+        return cls._from_descriptor(p, _core.describe_layer(os.fspath(p)))
+
+    def entries(self) -> Iterator[Entry]:
+        """Streams the layer's entries in archive order, decompressing on the fly."""
+        return iter(_core.open_entries(os.fspath(self.path)))
+
+    def verify(self) -> None:
+        """Re-reads the blob; raises :class:`~layercore.errors.DigestMismatchError` if its
+        digest or diff_id is not the one recorded, or a corrupt-archive error if it is broken."""
+        _core.verify_layer(os.fspath(self.path), self.digest, self.diff_id)
+
+    @classmethod
+    def _from_descriptor(cls, path: Path, d: dict[str, object]) -> Layer:
+        compression = d["compression"]
+        assert compression in ("gzip", "zstd", None)
+        return cls(
+            path=path,
+            media_type=str(d["media_type"]),
+            digest=str(d["digest"]),
+            diff_id=str(d["diff_id"]),
+            size=_int(d["size"]),
+            uncompressed_size=_int(d["uncompressed_size"]),
+            compression=compression,
+        )
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
+_MEDIA_TYPES: dict[Compression, str] = {
+    None: "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}

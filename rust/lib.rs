@@ -1,0 +1,21 @@
+//! layercore's engine: builds, reads, stacks and merges OCI image layers.
+//!
+//! A plain Rust library (`cargo test` needs no Python); the PyO3 bindings live in `py/` behind
+//! the `python` feature, which maturin turns on.
+
+pub mod compress;
+pub mod digest;
+pub mod entry;
+pub mod error;
+pub mod layer;
+pub mod tar;
+pub mod walk;
+pub mod writer;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use compress::Compression;
+pub use digest::{chain_id, sha256_file, Digester};
+pub use entry::{Entry, EntryKind};
+pub use error::{Error, Result};

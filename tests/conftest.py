@@ -1,0 +1,78 @@
+"""Shared fixtures: source trees that exercise every kind of entry a layer can carry."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+IS_ROOT = os.geteuid() == 0
+
+
+def make_rich_tree(root: Path) -> Path:
+    """Every entry kind and every header corner case the writer handles, in one small tree."""
+    root.mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc" / "secret").write_text("s3cr3t\n")
+    os.chmod(root / "etc" / "secret", 0o600)
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "tool").write_bytes(os.urandom(70_000))
+    os.chmod(root / "usr" / "bin" / "tool", 0o4755)  # setuid survives
+    (root / "usr" / "lib64").mkdir()
+    os.symlink("/usr/lib64", root / "lib64")  # absolute target, kept verbatim
+    os.symlink("../etc/passwd", root / "usr" / "passwd-link")
+    (root / "data").mkdir(mode=0o750)
+    os.chmod(root / "data", 0o750)
+    (root / "data" / "empty").write_bytes(b"")
+    (root / "data" / "hl-a").write_text("shared body\n")
+    os.link(root / "data" / "hl-a", root / "data" / "hl-b")
+    os.link(root / "data" / "hl-a", root / "usr" / "hl-c")
+    long_dir = root / ("d" * 60) / ("e" * 60)
+    long_dir.mkdir(parents=True)
+    (long_dir / ("f" * 120)).write_text("long name\n")
+    os.symlink("t" * 150, root / "long-link")
+    (root / "unicode-é.txt").write_text("accent\n")
+    os.mkdir(os.fsencode(root) + b"/caf\xe9")  # not UTF-8
+    with open(os.fsencode(root) + b"/caf\xe9/menu", "w") as f:
+        f.write("menu\n")
+    (root / "a-b").mkdir()
+    (root / "a").mkdir()
+    (root / "a" / "x").write_text("x\n")
+    (root / "a-b" / "y").write_text("y\n")
+    os.mkfifo(root / "fifo")
+    xf = root / "with-xattr"
+    xf.write_text("x\n")
+    os.setxattr(xf, "user.comment", b"made by layercore tests")
+    os.setxattr(xf, "user.binary", b"\xff\x00\x01")
+    if IS_ROOT:
+        os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.mknod(root / "loop0", 0o660 | stat.S_IFBLK, os.makedev(7, 0))
+    # Spread mtimes so clamping and ordering are visible.
+    for i, (dirpath, _dirnames, filenames) in enumerate(os.walk(root)):
+        for name in filenames:
+            os.utime(
+                os.path.join(dirpath, name),
+                (1_600_000_000 + i, 1_600_000_000 + i),
+                follow_symlinks=False,
+            )
+    os.utime(root / "etc" / "passwd", (1_800_000_000, 1_800_000_000))
+    return root
+
+
+@pytest.fixture
+def rich_tree(tmp_path: Path) -> Path:
+    return make_rich_tree(tmp_path / "src")
+
+
+@pytest.fixture
+def tree_factory(tmp_path: Path) -> Callable[[str], Path]:
+    counter = iter(range(1_000_000))
+
+    def make(name: str = "tree") -> Path:
+        return make_rich_tree(tmp_path / f"{name}-{next(counter)}")
+
+    return make
