@@ -14,9 +14,9 @@
 //! and chunk boundaries sit at fixed offsets of the tar stream, so the compressed bytes never
 //! depend on the number of threads.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
@@ -175,9 +175,15 @@ struct Summary {
 }
 
 enum WalkEvent {
-    Entry(Box<SourceEntry>),
+    Entry(SourceEntry),
     Warning(String),
 }
+
+/// Entries cross from the walker to the producer in batches: one channel operation (and at
+/// most one thread wake-up) per batch instead of per entry. Every entry in flight holds its
+/// parent directory open, so batch size times channel depth bounds the open descriptors.
+const WALK_BATCH: usize = 64;
+const WALK_BATCHES_IN_FLIGHT: usize = 4;
 
 #[allow(clippy::too_many_arguments)]
 fn run_pipeline(
@@ -198,27 +204,37 @@ fn run_pipeline(
             .expect("pool has room");
     }
     let (full_tx, full_rx) = sync_channel::<Chunk>(2);
-    let (walk_tx, walk_rx) = sync_channel::<WalkEvent>(4096);
+    let (walk_tx, walk_rx) = sync_channel::<Vec<WalkEvent>>(WALK_BATCHES_IN_FLIGHT);
 
     thread::scope(|scope| {
         let walker = thread::Builder::new()
             .name("layercore-walk".into())
             .stack_size(16 << 20)
             .spawn_scoped(scope, move || {
-                let emit_tx = walk_tx.clone();
-                walk::walk(
+                let batch = std::cell::RefCell::new(Vec::with_capacity(WALK_BATCH));
+                let push = |event: WalkEvent| -> Result<()> {
+                    let mut batch = batch.borrow_mut();
+                    batch.push(event);
+                    if batch.len() == WALK_BATCH {
+                        let full = std::mem::replace(&mut *batch, Vec::with_capacity(WALK_BATCH));
+                        // A closed channel means the producer stopped; its error wins.
+                        walk_tx.send(full).map_err(|_| closed())?;
+                    }
+                    Ok(())
+                };
+                let mut warnings = Vec::new();
+                let walked = walk::walk(
                     src,
                     walk_options,
-                    &mut |entry| {
-                        // A closed channel means the producer stopped; its error wins.
-                        emit_tx
-                            .send(WalkEvent::Entry(Box::new(entry)))
-                            .map_err(|_| closed())
-                    },
-                    &mut |w| {
-                        let _ = walk_tx.send(WalkEvent::Warning(w));
-                    },
-                )
+                    &mut |entry| push(WalkEvent::Entry(entry)),
+                    &mut |w| warnings.push(w),
+                );
+                let mut rest = batch.into_inner();
+                rest.extend(warnings.into_iter().map(WalkEvent::Warning));
+                if walked.is_ok() && !rest.is_empty() {
+                    walk_tx.send(rest).map_err(|_| closed())?;
+                }
+                walked
             })
             .expect("spawn walker");
 
@@ -319,7 +335,7 @@ impl Chunker<'_> {
     }
 
     /// Reads exactly `size` bytes of `file` straight into the chunk buffers.
-    fn copy_file(&mut self, file: &mut File, size: u64, path: &Path) -> Result<()> {
+    fn copy_file(&mut self, file: &mut File, size: u64, source: &SourceEntry) -> Result<()> {
         let mut left = size;
         while left > 0 {
             let chunk = self.current()?;
@@ -327,13 +343,13 @@ impl Chunker<'_> {
             let got = match file.read(&mut chunk.data[chunk.len..chunk.len + want]) {
                 Ok(0) => {
                     return Err(Error::Changed {
-                        path: path.to_path_buf(),
+                        path: source.path(),
                         detail: format!("file shrank: {} of {size} bytes left unread", left),
                     })
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(path, "cannot read", e)),
+                Err(e) => return Err(Error::io(source.path(), "cannot read", e)),
             };
             chunk.len += got;
             self.total += got as u64;
@@ -356,7 +372,7 @@ impl Chunker<'_> {
 
 /// Turns walk entries into the tar stream; returns its length.
 fn produce(
-    walk_rx: Receiver<WalkEvent>,
+    walk_rx: Receiver<Vec<WalkEvent>>,
     free: &Receiver<Box<[u8]>>,
     full: SyncSender<Chunk>,
     warnings: &mut Vec<String>,
@@ -370,11 +386,16 @@ fn produce(
     };
     let mut head = Vec::with_capacity(4 * BLOCK);
     let mut name = Vec::new();
-    for (count, event) in walk_rx.into_iter().enumerate() {
-        if count % 256 == 0 {
-            check()?;
-        }
-        let entry = match event {
+    let events = walk_rx.into_iter().flat_map(|batch| {
+        // Between batches: a chance to notice Ctrl-C.
+        let checked = check();
+        batch.into_iter().map(move |e| match &checked {
+            Ok(()) => Ok(e),
+            Err(_) => Err(Error::Interrupted),
+        })
+    });
+    for event in events {
+        let mut entry = match event? {
             WalkEvent::Entry(e) => e,
             WalkEvent::Warning(w) => {
                 warnings.push(w);
@@ -398,7 +419,7 @@ fn produce(
         };
         // Open before writing the header, so a vanished file fails cleanly.
         let mut body = if entry.kind == EntryKind::File {
-            Some(open_checked(&entry)?)
+            Some(entry.open()?)
         } else {
             None
         };
@@ -423,7 +444,7 @@ fn produce(
         );
         chunker.write(&head)?;
         if let Some(file) = body.as_mut() {
-            chunker.copy_file(file, entry.size, &entry.abs)?;
+            chunker.copy_file(file, entry.size, &entry)?;
             chunker.zeros(header::padding(entry.size))?;
         }
     }
@@ -432,38 +453,6 @@ fn produce(
     let padded = end.div_ceil(RECORD as u64) * RECORD as u64;
     chunker.zeros((padded - chunker.total) as usize)?;
     chunker.finish()
-}
-
-/// Opens a regular file for its body and checks it is still the file the walk saw.
-fn open_checked(entry: &SourceEntry) -> Result<File> {
-    let path = &entry.abs;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::ENOENT) => Error::Changed {
-                path: path.clone(),
-                detail: "replaced or removed after the walk".into(),
-            },
-            _ => Error::io(path, "cannot open", e),
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io(path, "cannot stat", e))?;
-    if meta.ino() != entry.ino || meta.dev() != entry.dev {
-        return Err(Error::Changed {
-            path: path.clone(),
-            detail: "replaced after the walk".into(),
-        });
-    }
-    if meta.len() != entry.size {
-        return Err(Error::Changed {
-            path: path.clone(),
-            detail: format!("size changed from {} to {} bytes", entry.size, meta.len()),
-        });
-    }
-    Ok(file)
 }
 
 /// Hashes the tar stream (diff_id) and hands it to the compressor/writer for `compression`.
