@@ -10,6 +10,7 @@ Timings are never asserted; the only assertions are correctness checks (equal di
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from collections.abc import Callable
@@ -73,7 +74,10 @@ def _bench(
 ) -> Any:
     """Time ``fn`` with pytest-benchmark (or run it once when benchmarks are disabled).
 
-    ``out`` is deleted before every round (outside the timing) and after the last one.
+    ``out`` is deleted before every round (outside the timing) and after the last one. Every
+    round starts from a clean page cache state: ``os.sync()`` in the untimed setup flushes the
+    previous round's output, so no round pays for another's writeback (the outputs are up to
+    800 MB; on this machine's disk that writeback otherwise lands in whichever round comes next).
     """
     benchmark.group = f"{group}/{tree.name}"
     info = benchmark.extra_info
@@ -90,6 +94,8 @@ def _bench(
     def setup() -> None:
         if out is not None:
             out.unlink(missing_ok=True)
+        if not SMOKE:
+            os.sync()
 
     try:
         result = benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1)
