@@ -3,6 +3,7 @@
 //! A plain Rust library (`cargo test` needs no Python); the PyO3 bindings live in `py/` behind
 //! the `python` feature, which maturin turns on.
 
+pub mod blob_writer;
 pub mod compress;
 pub mod digest;
 pub mod entry;

@@ -16,6 +16,9 @@ from pathlib import Path
 from layercore import Layer, chain_id
 
 
+BLOB_NAMES = {None: "rootfs.tar", "gzip": "rootfs.tar.gz", "zstd": "rootfs.tar.zst"}
+
+
 def default_home() -> Path:
     env = os.environ.get("LAYERCORE_HOME")
     if env:
@@ -59,7 +62,7 @@ def main() -> None:
         print(f"layers go to: {home}\n")
         layers = []
         for compression in (None, "gzip", "zstd"):
-            out = home / f"rootfs.tar{'' if compression is None else '.' + compression[:2]}"
+            out = home / BLOB_NAMES[compression]
             started = time.perf_counter()
             layer = Layer.from_dir(src, out, compression=compression, source_date_epoch=epoch)
             took = time.perf_counter() - started

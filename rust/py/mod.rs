@@ -20,10 +20,10 @@ use crate::layer;
 use crate::walk::Owner;
 use crate::writer::{self, BuildOptions};
 
-use error::to_pyerr;
+pub(crate) use error::to_pyerr;
 
 /// Runs `f` without the GIL; `f` gets a check that raises `KeyboardInterrupt` on Ctrl-C.
-fn detached<T: Send>(
+pub(crate) fn detached<T: Send>(
     py: Python<'_>,
     f: impl FnOnce(&(dyn Fn() -> Result<()> + Sync)) -> Result<T> + Send,
 ) -> PyResult<T> {
@@ -33,7 +33,7 @@ fn detached<T: Send>(
     py.detach(|| f(&check)).map_err(to_pyerr)
 }
 
-fn descriptor<'py>(
+pub(crate) fn descriptor<'py>(
     py: Python<'py>,
     compression: Compression,
     digest: &str,
@@ -142,8 +142,10 @@ fn chain_id(diff_ids: Vec<String>) -> PyResult<String> {
 
 /// One layer entry; `layercore.Entry` re-exports this class.
 #[pyclass(frozen, module = "layercore._core", name = "Entry")]
-struct PyEntry {
-    inner: Entry,
+pub(crate) struct PyEntry {
+    pub(crate) inner: Entry,
+    /// In a merged view, the index (bottom = 0) of the layer that provides the entry.
+    pub(crate) layer: Option<usize>,
 }
 
 #[pymethods]
@@ -215,6 +217,11 @@ impl PyEntry {
     fn offset(&self) -> u64 {
         self.inner.offset
     }
+    /// The stack layer (bottom = 0) that provides this entry; None outside a merged view.
+    #[getter]
+    fn layer(&self) -> Option<usize> {
+        self.layer
+    }
 
     fn __repr__(&self) -> String {
         format!(
@@ -245,7 +252,10 @@ impl PyEntryIterator {
             return Ok(None);
         };
         match iter.next() {
-            Some(Ok(entry)) => Ok(Some(PyEntry { inner: entry })),
+            Some(Ok(entry)) => Ok(Some(PyEntry {
+                inner: entry,
+                layer: None,
+            })),
             Some(Err(e)) => {
                 *guard = None;
                 Err(to_pyerr(e))
