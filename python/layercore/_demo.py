@@ -15,7 +15,6 @@ from pathlib import Path
 
 from layercore import Layer, chain_id
 
-
 BLOB_NAMES = {None: "rootfs.tar", "gzip": "rootfs.tar.gz", "zstd": "rootfs.tar.zst"}
 
 
