@@ -3,12 +3,17 @@
 //! A plain Rust library (`cargo test` needs no Python); the PyO3 bindings live in `py/` behind
 //! the `python` feature, which maturin turns on.
 
+pub mod apply;
 pub mod blob_writer;
 pub mod compress;
+pub mod diff;
 pub mod digest;
 pub mod entry;
 pub mod error;
+pub mod flatten;
+pub mod index;
 pub mod layer;
+pub mod overlay;
 pub mod tar;
 pub mod walk;
 pub mod writer;

@@ -74,6 +74,9 @@ pub struct SourceEntry {
     /// Body length for regular files, 0 otherwise.
     pub size: u64,
     pub mtime: i64,
+    /// The sub-second part of the unclamped mtime (`st_mtime_nsec`), for telling changed files
+    /// apart when diffing two trees (the archive itself carries whole seconds only).
+    pub mtime_nsec: u32,
     /// Symlink target, or for a hardlink the path of the entry that carries the body.
     pub linkname: Vec<u8>,
     pub devmajor: u32,
@@ -94,6 +97,13 @@ impl SourceEntry {
 
     fn name(&self) -> &[u8] {
         &self.rel[self.name_start..]
+    }
+
+    /// The open directory holding the entry and the entry's name in it, for `*at` system calls
+    /// that need no path lookup from the root (the differ reads file xattrs this way).
+    pub fn parent_and_name(&self) -> (std::os::fd::BorrowedFd<'_>, &[u8]) {
+        use std::os::fd::AsFd;
+        (self.parent.as_fd(), self.name())
     }
 
     /// Opens a regular file's body, checks it is still the inode the walk saw, and reads its
@@ -345,6 +355,7 @@ impl Walker<'_> {
             gname,
             size,
             mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
             linkname,
             devmajor,
             devminor,

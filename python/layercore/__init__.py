@@ -2,6 +2,7 @@
 
 from layercore import errors
 from layercore._core import Digester, Entry, __version__, build_profile, chain_id, sha256_file
+from layercore.diff import from_diff, from_overlay_upper
 from layercore.errors import (
     CorruptLayerError,
     DigestMismatchError,
@@ -14,8 +15,10 @@ from layercore.errors import (
     UnsupportedEntryError,
 )
 from layercore.layer import Layer
+from layercore.stack import Change, Stack
 
 __all__ = [
+    "Change",
     "CorruptLayerError",
     "DigestMismatchError",
     "Digester",
@@ -26,11 +29,14 @@ __all__ = [
     "LayerWarning",
     "SourceChangedError",
     "SourceNotFoundError",
+    "Stack",
     "TruncatedLayerError",
     "UnsupportedEntryError",
     "__version__",
     "build_profile",
     "chain_id",
     "errors",
+    "from_diff",
+    "from_overlay_upper",
     "sha256_file",
 ]

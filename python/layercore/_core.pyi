@@ -1,20 +1,29 @@
 """Stubs for the Rust extension (checked against it by mypy.stubtest in `make test`)."""
 
-from collections.abc import Iterator
-from typing import final
+from collections.abc import Iterable, Iterator
+from os import PathLike
+from typing import Literal, final
 
 __all__ = [
     "CHUNK_SIZE",
     "Digester",
     "Entry",
     "EntryIterator",
+    "StackView",
+    "StackWalk",
     "__version__",
+    "apply_layer",
     "build_layer_from_dir",
     "build_profile",
     "chain_id",
     "describe_layer",
+    "diff_dirs",
+    "extract_layers",
+    "flatten_layers",
     "open_entries",
+    "overlay_upper_to_layer",
     "sha256_file",
+    "squash_layers",
     "verify_layer",
 ]
 __version__: str
@@ -87,3 +96,83 @@ class Digester:
     def size(self) -> int: ...
     def copy(self) -> Digester: ...
 
+# --- stack: merged view (rust/py/stack.rs) ---
+
+@final
+class StackView:
+    def __new__(cls, blobs: list[str], *, save_index: bool = False) -> StackView: ...
+    def descriptors(self) -> list[dict[str, object]]: ...
+    @property
+    def diff_ids(self) -> list[str]: ...
+    @property
+    def chain_id(self) -> str: ...
+    def __len__(self) -> int: ...
+    def lookup(self, path: str | bytes | PathLike[str]) -> Entry | None: ...
+    def lookup_many(self, paths: Iterable[str | bytes | PathLike[str]]) -> list[Entry | None]: ...
+    def listdir(self, path: str | bytes | PathLike[str] | None = None) -> list[str]: ...
+    def walk(self) -> StackWalk: ...
+    def read(self, path: str | bytes | PathLike[str]) -> bytes: ...
+    def read_into(self, path: str | bytes | PathLike[str], dest: str) -> int: ...
+    def history(
+        self, path: str | bytes | PathLike[str]
+    ) -> list[tuple[int, Literal["added", "modified", "deleted", "hidden"]]]: ...
+    def save_indexes(self) -> list[str]: ...
+
+@final
+class StackWalk:
+    def __iter__(self) -> Iterator[Entry]: ...
+    def __next__(self) -> Entry: ...
+    def __length_hint__(self) -> int: ...
+
+# --- flatten and squash (rust/py/flatten.rs) ---
+
+def flatten_layers(
+    paths: list[str],
+    out: str,
+    *,
+    compression: str | None,
+    level: int | None = None,
+    threads: int | None = None,
+    source_date_epoch: int | None = None,
+) -> dict[str, object]: ...
+def squash_layers(
+    paths: list[str],
+    start: int,
+    end: int,
+    out: str,
+    *,
+    compression: str | None,
+    level: int | None = None,
+    threads: int | None = None,
+    source_date_epoch: int | None = None,
+) -> dict[str, object]: ...
+
+# --- apply / extract (rust/py/apply.rs) ---
+
+def apply_layer(blob: str, dest: str, *, devices: str = "skip") -> dict[str, object]: ...
+def extract_layers(blobs: list[str], dest: str, *, devices: str = "skip") -> dict[str, object]: ...
+
+# --- diff (rust/py/diff.rs) ---
+
+def diff_dirs(
+    lower: str,
+    upper: str,
+    out: str,
+    *,
+    compression: str | None,
+    level: int | None,
+    threads: int | None,
+    owner: str,
+    source_date_epoch: int | None,
+    compare: str,
+) -> tuple[dict[str, object], list[str]]: ...
+def overlay_upper_to_layer(
+    upper: str,
+    out: str,
+    *,
+    compression: str | None,
+    level: int | None,
+    threads: int | None,
+    owner: str,
+    source_date_epoch: int | None,
+) -> tuple[dict[str, object], list[str]]: ...

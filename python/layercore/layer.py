@@ -78,6 +78,63 @@ class Layer:
         return cls._from_descriptor(out_path, descriptor)
 
     @classmethod
+    def from_diff(
+        cls,
+        lower: StrPath,
+        upper: StrPath,
+        out: StrPath,
+        *,
+        compression: Compression = "gzip",
+        level: int | None = None,
+        source_date_epoch: int | None = None,
+        owner: Owner = "root",
+        compare: Literal["metadata", "content"] = "metadata",
+        threads: int | None = None,
+    ) -> Layer:
+        """Writes the changeset that turns directory ``lower`` into ``upper`` as a layer at
+        ``out``: added and modified entries whole, deletions as whiteouts, a replaced directory
+        as an opaque marker when that is smaller (see :func:`layercore.diff.from_diff`)."""
+        from layercore.diff import from_diff
+
+        return from_diff(
+            lower,
+            upper,
+            out,
+            compression=compression,
+            level=level,
+            source_date_epoch=source_date_epoch,
+            owner=owner,
+            compare=compare,
+            threads=threads,
+        )
+
+    @classmethod
+    def from_overlay_upper(
+        cls,
+        upper: StrPath,
+        out: StrPath,
+        *,
+        compression: Compression = "gzip",
+        level: int | None = None,
+        source_date_epoch: int | None = None,
+        owner: Owner = "root",
+        threads: int | None = None,
+    ) -> Layer:
+        """Converts an overlayfs upper directory (char 0/0 whiteouts, ``overlay.opaque``
+        xattrs) into an OCI layer, as ``docker commit`` does on overlay2."""
+        from layercore.diff import from_overlay_upper
+
+        return from_overlay_upper(
+            upper,
+            out,
+            compression=compression,
+            level=level,
+            source_date_epoch=source_date_epoch,
+            owner=owner,
+            threads=threads,
+        )
+
+    @classmethod
     def open(cls, path: StrPath, *, digest: str | None = None, diff_id: str | None = None) -> Layer:
         """Describes the blob at ``path`` (tar, gzip or zstd, detected by magic number).
 
@@ -119,6 +176,14 @@ class Layer:
         """Re-reads the blob; raises :class:`~layercore.errors.DigestMismatchError` if its
         digest or diff_id is not the one recorded, or a corrupt-archive error if it is broken."""
         _core.verify_layer(os.fspath(self.path), self.digest, self.diff_id)
+
+    def apply(self, dest: StrPath, *, devices: Literal["skip", "fail"] = "skip") -> list[str]:
+        """Applies this layer onto the directory ``dest`` with the OCI rules (whiteouts,
+        opaque directories, type changes); returns the warnings (see
+        :func:`layercore.extract.apply` for the safety rules and the privilege policy)."""
+        from layercore.extract import apply
+
+        return apply(self, dest, devices=devices)
 
     @classmethod
     def _from_descriptor(cls, path: Path, d: dict[str, object]) -> Layer:

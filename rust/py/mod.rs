@@ -1,7 +1,11 @@
 //! The PyO3 bindings: argument conversion, GIL release around every heavy call, error mapping.
 //! Nothing here decides layer semantics; that is the engine's job.
 
+mod apply;
+mod diff;
 mod error;
+mod flatten;
+mod stack;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -360,5 +364,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEntry>()?;
     m.add_class::<PyEntryIterator>()?;
     m.add_class::<PyDigester>()?;
+    stack::register(m)?;
+    flatten::register(m)?;
+    apply::register(m)?;
+    diff::register(m)?;
     Ok(())
 }

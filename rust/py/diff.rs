@@ -1,0 +1,102 @@
+//! Bindings for changeset layers: the diff of two trees, and an overlayfs upper directory.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::{descriptor, detached, to_pyerr};
+use crate::blob_writer::LayerDescriptor;
+use crate::compress::Compression;
+use crate::diff::{self, Compare, DiffOptions};
+use crate::error::Error;
+use crate::walk::Owner;
+use crate::writer::BuildOptions;
+
+fn check_threads(threads: Option<usize>) -> PyResult<()> {
+    if threads == Some(0) {
+        return Err(to_pyerr(Error::InvalidArgument(
+            "threads must be at least 1".into(),
+        )));
+    }
+    Ok(())
+}
+
+fn result<'py>(py: Python<'py>, d: LayerDescriptor) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
+    let dict = descriptor(
+        py,
+        d.compression,
+        &d.digest,
+        &d.diff_id,
+        d.size,
+        d.uncompressed_size,
+    )?;
+    Ok((dict, d.warnings))
+}
+
+/// Writes the changeset from the tree `lower` to the tree `upper` as a layer at `out`; returns
+/// its descriptor and the warnings (skipped sockets). See `layercore.diff.from_diff`.
+#[allow(clippy::too_many_arguments)]
+#[pyfunction]
+#[pyo3(signature = (lower, upper, out, *, compression, level, threads, owner, source_date_epoch, compare))]
+fn diff_dirs<'py>(
+    py: Python<'py>,
+    lower: PathBuf,
+    upper: PathBuf,
+    out: PathBuf,
+    compression: Option<&str>,
+    level: Option<i32>,
+    threads: Option<usize>,
+    owner: &str,
+    source_date_epoch: Option<i64>,
+    compare: &str,
+) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
+    check_threads(threads)?;
+    let options = DiffOptions {
+        compression: Compression::parse(compression).map_err(to_pyerr)?,
+        level,
+        threads,
+        owner: Owner::parse(owner).map_err(to_pyerr)?,
+        source_date_epoch,
+        compare: Compare::parse(compare).map_err(to_pyerr)?,
+    };
+    let d = detached(py, |check| {
+        diff::diff_dirs(&lower, &upper, &out, &options, check)
+    })?;
+    result(py, d)
+}
+
+/// Writes an overlayfs upper directory as a layer at `out` (whiteout devices and opaque
+/// directories converted to OCI whiteouts); returns its descriptor and the warnings.
+#[allow(clippy::too_many_arguments)]
+#[pyfunction]
+#[pyo3(signature = (upper, out, *, compression, level, threads, owner, source_date_epoch))]
+fn overlay_upper_to_layer<'py>(
+    py: Python<'py>,
+    upper: PathBuf,
+    out: PathBuf,
+    compression: Option<&str>,
+    level: Option<i32>,
+    threads: Option<usize>,
+    owner: &str,
+    source_date_epoch: Option<i64>,
+) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
+    check_threads(threads)?;
+    let options = BuildOptions {
+        compression: Compression::parse(compression).map_err(to_pyerr)?,
+        level,
+        source_date_epoch,
+        owner: Owner::parse(owner).map_err(to_pyerr)?,
+        threads,
+    };
+    let d = detached(py, |check| {
+        diff::from_overlay_upper(&upper, &out, &options, check)
+    })?;
+    result(py, d)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(diff_dirs, m)?)?;
+    m.add_function(wrap_pyfunction!(overlay_upper_to_layer, m)?)?;
+    Ok(())
+}
