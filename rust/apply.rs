@@ -1607,42 +1607,14 @@ fn list_xattrs(path: &CStr) -> io::Result<Vec<CString>> {
 
 /// The names in an open directory (any descriptor, `O_PATH` included), without `.` and `..`.
 fn list_dir(dir: RawFd) -> io::Result<Vec<CString>> {
+    // `dir` may be an O_PATH descriptor, which cannot be read: open it for reading first.
     let fd = open_at(
         dir,
         c".",
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
         0,
     )?;
-    // SAFETY: fdopendir takes ownership of the descriptor on success.
-    let dirp = unsafe { libc::fdopendir(fd.as_raw_fd()) };
-    if dirp.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(fd);
-    let mut names = Vec::new();
-    let result = loop {
-        // SAFETY: errno is thread-local; readdir returns NULL with errno set on error.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: `dirp` is a valid DIR stream used by this thread only.
-        let ent = unsafe { libc::readdir64(dirp) };
-        if ent.is_null() {
-            // SAFETY: reading errno.
-            let errno = unsafe { *libc::__errno_location() };
-            break if errno == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::from_raw_os_error(errno))
-            };
-        }
-        // SAFETY: d_name is a NUL-terminated string inside the entry readdir returned.
-        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
-        if name.to_bytes() != b"." && name.to_bytes() != b".." {
-            names.push(name.to_owned());
-        }
-    };
-    // SAFETY: `dirp` is valid and closed once; this also closes the descriptor.
-    unsafe { libc::closedir(dirp) };
-    result.map(|()| names)
+    crate::walk::list_dir(fd.as_raw_fd())
 }
 
 /// Errors that mean "this kernel, filesystem or user cannot have this xattr": a warning.

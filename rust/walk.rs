@@ -375,7 +375,7 @@ fn cstring(bytes: &[u8], path: impl FnOnce() -> PathBuf) -> Result<CString> {
 }
 
 /// The names in an open directory, without `.` and `..`.
-fn list_dir(fd: RawFd) -> io::Result<Vec<CString>> {
+pub(crate) fn list_dir(fd: RawFd) -> io::Result<Vec<CString>> {
     // fdopendir takes ownership of its descriptor: give it a duplicate.
     // SAFETY: `fd` is an open directory descriptor.
     let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };

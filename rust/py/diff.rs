@@ -5,22 +5,9 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::{descriptor, detached, to_pyerr};
+use super::{build_options, descriptor, detached, to_pyerr};
 use crate::blob_writer::LayerDescriptor;
-use crate::compress::Compression;
 use crate::diff::{self, Compare, DiffOptions};
-use crate::error::Error;
-use crate::walk::Owner;
-use crate::writer::BuildOptions;
-
-fn check_threads(threads: Option<usize>) -> PyResult<()> {
-    if threads == Some(0) {
-        return Err(to_pyerr(Error::InvalidArgument(
-            "threads must be at least 1".into(),
-        )));
-    }
-    Ok(())
-}
 
 fn result<'py>(py: Python<'py>, d: LayerDescriptor) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
     let dict = descriptor(
@@ -51,13 +38,13 @@ fn diff_dirs<'py>(
     source_date_epoch: Option<i64>,
     compare: &str,
 ) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
-    check_threads(threads)?;
+    let base = build_options(compression, level, source_date_epoch, owner, threads)?;
     let options = DiffOptions {
-        compression: Compression::parse(compression).map_err(to_pyerr)?,
-        level,
-        threads,
-        owner: Owner::parse(owner).map_err(to_pyerr)?,
-        source_date_epoch,
+        compression: base.compression,
+        level: base.level,
+        threads: base.threads,
+        owner: base.owner,
+        source_date_epoch: base.source_date_epoch,
         compare: Compare::parse(compare).map_err(to_pyerr)?,
     };
     let d = detached(py, |check| {
@@ -81,14 +68,7 @@ fn overlay_upper_to_layer<'py>(
     owner: &str,
     source_date_epoch: Option<i64>,
 ) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
-    check_threads(threads)?;
-    let options = BuildOptions {
-        compression: Compression::parse(compression).map_err(to_pyerr)?,
-        level,
-        source_date_epoch,
-        owner: Owner::parse(owner).map_err(to_pyerr)?,
-        threads,
-    };
+    let options = build_options(compression, level, source_date_epoch, owner, threads)?;
     let d = detached(py, |check| {
         diff::from_overlay_upper(&upper, &out, &options, check)
     })?;

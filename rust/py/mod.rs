@@ -55,6 +55,28 @@ pub(crate) fn descriptor<'py>(
     Ok(d)
 }
 
+/// Checks and converts the options every layer-building call shares.
+pub(crate) fn build_options(
+    compression: Option<&str>,
+    level: Option<i32>,
+    source_date_epoch: Option<i64>,
+    owner: &str,
+    threads: Option<usize>,
+) -> PyResult<BuildOptions> {
+    if threads == Some(0) {
+        return Err(to_pyerr(Error::InvalidArgument(
+            "threads must be at least 1".into(),
+        )));
+    }
+    Ok(BuildOptions {
+        compression: Compression::parse(compression).map_err(to_pyerr)?,
+        level,
+        source_date_epoch,
+        owner: Owner::parse(owner).map_err(to_pyerr)?,
+        threads,
+    })
+}
+
 /// Builds a layer from a directory; returns its descriptor and the warnings of the walk.
 /// (The arguments mirror `Layer.from_dir` one to one.)
 #[allow(clippy::too_many_arguments)]
@@ -70,18 +92,7 @@ fn build_layer_from_dir<'py>(
     owner: &str,
     threads: Option<usize>,
 ) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
-    let options = BuildOptions {
-        compression: Compression::parse(compression).map_err(to_pyerr)?,
-        level,
-        source_date_epoch,
-        owner: Owner::parse(owner).map_err(to_pyerr)?,
-        threads,
-    };
-    if threads == Some(0) {
-        return Err(to_pyerr(Error::InvalidArgument(
-            "threads must be at least 1".into(),
-        )));
-    }
+    let options = build_options(compression, level, source_date_epoch, owner, threads)?;
     let d = detached(py, |check| {
         writer::build_from_dir(&src, &out, &options, check)
     })?;
