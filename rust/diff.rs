@@ -1,5 +1,6 @@
-//! Changesets: a layer from the difference between two directory trees ([`diff_dirs`]), and a
-//! layer from an overlayfs upper directory ([`from_overlay_upper`]).
+//! Changesets: a layer from the difference between two directory trees ([`diff_dirs`]), between
+//! a stack's merged view and a directory ([`diff_stack_dir`]), and a layer from an overlayfs
+//! upper directory ([`from_overlay_upper`]).
 //!
 //! ```text
 //! lower walk thread ─┐                      plan (in memory, O(entries))       LayerWriter
@@ -33,9 +34,10 @@ use std::thread;
 use std::time::Duration;
 
 use crate::blob_writer::{LayerDescriptor, LayerWriter};
-use crate::compress::Compression;
+use crate::compress::{self, Compression};
 use crate::entry::{EntryKind, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::error::{Error, Result};
+use crate::overlay::MergedView;
 use crate::tar::header::{self, HeaderSpec};
 use crate::walk::{self, read_xattrs, Owner, SourceEntry, WalkOptions, XattrTarget};
 use crate::writer::BuildOptions;
@@ -154,7 +156,54 @@ pub fn diff_dirs(
                 (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
             }
         })?;
-        let plan = Differ::new(&lower_tree, &upper_tree, compare, stop)?.plan()?;
+        let plan = Differ::new(&lower_tree, &upper_tree, None, compare, stop)?.plan()?;
+        Ok((lower_tree, upper_tree, plan))
+    })?;
+    let source = Emitter {
+        tree: &upper_tree,
+        lower: Some(&lower_tree),
+        strip_overlay: false,
+        source_date_epoch: options.source_date_epoch,
+    };
+    source.write(&plan, &mut writer, check)?;
+    let mut descriptor = writer.finish()?;
+    descriptor.warnings = upper_tree.warnings;
+    Ok(descriptor)
+}
+
+/// [`diff_dirs`] with a stack of layers as the lower tree, read from its merged view instead of
+/// an extracted directory: what a build step that changed a root filesystem needs (`view` the
+/// image before the step, `upper` the root filesystem after it).
+///
+/// Same plan, order and promises as [`diff_dirs`], against the tree that extracting the stack
+/// would give. The lower side's metadata is that of the visible entries: mtimes are whole
+/// seconds, so an upper mtime with the same seconds counts as equal whatever its nanoseconds;
+/// owners are the entries' uid/gid, compared with the upper's after the owner policy. A name
+/// the stack wrote as a hardlink is a regular file sharing its target's inode (metadata and
+/// body), and the visible names of one inode form a link group, as on disk after extraction.
+/// With [`Compare::Content`], lower bodies stream out of the layer blobs and are compared with
+/// the upper files as they come (O(1) memory per file; a compressed blob is decompressed from
+/// its start for each body compared).
+///
+/// Errors: those of [`diff_dirs`]; a layer blob changed since it was indexed is
+/// [`Error::Changed`]; a hardlink of the stack whose target its layer lacks is
+/// [`Error::Corrupt`].
+pub fn diff_stack_dir(
+    view: &MergedView,
+    upper: &Path,
+    out: &Path,
+    options: &DiffOptions,
+    check: &(dyn Fn() -> Result<()> + Sync),
+) -> Result<LayerDescriptor> {
+    require_dir(upper)?;
+    let mut writer = LayerWriter::create(out, options.compression, options.level, options.threads)?;
+    let exclude = Some(writer.temp_identity()?);
+    let compare = options.compare;
+    let owner = options.owner;
+    let (lower_tree, upper_tree, plan) = polled(upper, check, |stop| {
+        let upper_tree = Tree::collect(upper, owner, exclude, true, stop)?;
+        let lower_tree = Tree::from_view(view, stop)?;
+        let plan = Differ::new(&lower_tree, &upper_tree, Some(view), compare, stop)?.plan()?;
         Ok((lower_tree, upper_tree, plan))
     })?;
     let source = Emitter {
@@ -397,22 +446,7 @@ impl Tree {
             },
             &mut |w| warnings.push(w),
         )?;
-        // Subtree ends, from the depth of each path (the walk is a preorder).
-        let mut open: Vec<(usize, usize)> = Vec::new();
-        for i in 0..nodes.len() {
-            let depth = nodes[i].rel.iter().filter(|&&b| b == b'/').count();
-            while open.last().is_some_and(|&(_, d)| d >= depth) {
-                let (j, _) = open.pop().expect("checked");
-                nodes[j].end = i;
-            }
-            nodes[i].end = i + 1;
-            if nodes[i].kind == EntryKind::Dir {
-                open.push((i, depth));
-            }
-        }
-        for (j, _) in open {
-            nodes[j].end = nodes.len();
-        }
+        set_ends(&mut nodes);
         // Hardlink groups: the walker reports every name after the first as a hardlink.
         let mut by_inode: HashMap<Inode, usize> = HashMap::new();
         let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -449,6 +483,82 @@ impl Tree {
         })
     }
 
+    /// The visible entries of a stack as a lower tree, in the view's walk order (the order of
+    /// [`Tree::collect`]). A regular file's identity (`dev`, `ino`) is the layer and entry
+    /// that hold its body, so the names a layer wrote as hardlinks of one file form a group,
+    /// as they would on disk after extraction; a hardlink name takes the metadata of that
+    /// file (extraction makes one inode: the link's own header is not applied). mtimes are
+    /// whole seconds (`mtime_nsec` 0), which [`same_metadata`] matches against any
+    /// sub-second part of the upper side.
+    fn from_view(view: &MergedView, stop: &AtomicBool) -> Result<Tree> {
+        let mut nodes = Vec::with_capacity(view.len());
+        for (v, (_, entry)) in view.walk().enumerate() {
+            if v % 1024 == 0 {
+                stopped(stop)?;
+            }
+            let (meta, dev, ino) = match entry.kind {
+                EntryKind::File | EntryKind::Hardlink => {
+                    let (k, i) = view.open_file(&entry.path)?;
+                    (view.layers()[k].entry(i), k as u64, u64::from(i))
+                }
+                _ => (entry, u64::MAX, v as u64),
+            };
+            let kind = match entry.kind {
+                EntryKind::Hardlink => EntryKind::File,
+                kind => kind,
+            };
+            nodes.push(Node {
+                rel: entry.path.clone(),
+                kind,
+                mode: meta.mode,
+                uid: meta.uid,
+                gid: meta.gid,
+                uname: meta.uname.as_bytes().to_vec(),
+                gname: meta.gname.as_bytes().to_vec(),
+                size: if kind == EntryKind::File {
+                    meta.size
+                } else {
+                    0
+                },
+                mtime: meta.mtime,
+                mtime_nsec: 0,
+                linkname: if kind == EntryKind::Symlink {
+                    entry.linkname.clone().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                devmajor: meta.devmajor,
+                devminor: meta.devminor,
+                xattrs: meta.xattrs.clone(),
+                dev,
+                ino,
+                end: 0,
+            });
+        }
+        set_ends(&mut nodes);
+        let mut by_inode: HashMap<Inode, Vec<usize>> = HashMap::new();
+        for (i, node) in nodes.iter().enumerate() {
+            if node.is_regular() {
+                by_inode.entry(node.key()).or_default().push(i);
+            }
+        }
+        let mut groups: Vec<Vec<usize>> = by_inode.into_values().filter(|g| g.len() > 1).collect();
+        groups.sort_unstable();
+        let mut group_of = HashMap::new();
+        for (g, members) in groups.iter().enumerate() {
+            for &i in members {
+                group_of.insert(i, g);
+            }
+        }
+        Ok(Tree {
+            root: PathBuf::from("/"),
+            nodes,
+            warnings: Vec::new(),
+            groups,
+            group_of,
+        })
+    }
+
     /// The direct children of `dir` (`None` = the root), in order.
     fn children(&self, dir: Option<usize>) -> Children<'_> {
         let (next, end) = match dir {
@@ -473,6 +583,26 @@ impl Tree {
             Some(&g) => &self.groups[g],
             None => &[],
         }
+    }
+}
+
+/// Sets each node's subtree end, from the depth of each path (the order is a preorder).
+fn set_ends(nodes: &mut [Node]) {
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    for i in 0..nodes.len() {
+        let depth = nodes[i].rel.iter().filter(|&&b| b == b'/').count();
+        while open.last().is_some_and(|&(_, d)| d >= depth) {
+            let (j, _) = open.pop().expect("checked");
+            nodes[j].end = i;
+        }
+        nodes[i].end = i + 1;
+        if nodes[i].kind == EntryKind::Dir {
+            open.push((i, depth));
+        }
+    }
+    let n = nodes.len();
+    for (j, _) in open {
+        nodes[j].end = n;
     }
 }
 
@@ -592,7 +722,14 @@ struct Differ<'a> {
 }
 
 impl<'a> Differ<'a> {
-    fn new(lower: &'a Tree, upper: &'a Tree, compare: Compare, stop: &AtomicBool) -> Result<Self> {
+    /// `view` is the stack `lower` was made from ([`Tree::from_view`]), where its bodies are.
+    fn new(
+        lower: &'a Tree,
+        upper: &'a Tree,
+        view: Option<&'a MergedView>,
+        compare: Compare,
+        stop: &AtomicBool,
+    ) -> Result<Self> {
         let (ln, un) = (lower.nodes.len(), upper.nodes.len());
         let mut lower_of = vec![None; un];
         let mut upper_of = vec![None; ln];
@@ -612,6 +749,13 @@ impl<'a> Differ<'a> {
         let mut status = vec![Status::Added; un];
         let mut bodies = Bodies::new(lower, upper)?;
         let mut verdicts: HashMap<(Inode, Inode), bool> = HashMap::new();
+        // A stack's bodies are compared in one pass per blob, before the loop.
+        let streamed = match (view, compare) {
+            (Some(view), Compare::Content) => {
+                Some(stack_bodies_equal(view, lower, upper, &lower_of, stop)?)
+            }
+            _ => None,
+        };
         for (u, l) in lower_of.iter().enumerate() {
             let Some(l) = *l else { continue };
             let (ln, un) = (&lower.nodes[l], &upper.nodes[u]);
@@ -623,8 +767,12 @@ impl<'a> Differ<'a> {
                         stopped(stop)?;
                     }
                     let key = (ln.key(), un.key());
-                    let same = match verdicts.get(&key) {
-                        Some(&same) => same,
+                    let known = match &streamed {
+                        Some(s) => Some(s[&u]),
+                        None => verdicts.get(&key).copied(),
+                    };
+                    let same = match known {
+                        Some(same) => same,
                         None => {
                             let same = bodies.equal(l, u)?;
                             if upper.group_of.contains_key(&u) {
@@ -877,6 +1025,164 @@ impl<'a> Bodies<'a> {
             left -= n as u64;
         }
         Ok(true)
+    }
+}
+
+/// Read size of a streamed body comparison.
+const BODY_BUF: usize = 256 * 1024;
+
+/// For every upper regular file whose lower counterpart in a stack has the same metadata and a
+/// body, whether the bodies are equal. Each layer blob is read once, front to back, for all of
+/// its bodies (a compressed blob cannot seek, and decompressing it from its start for each file
+/// would cost O(files x blob)). A body that two compared names share (a hardlink of the stack)
+/// is read again for the second name.
+fn stack_bodies_equal(
+    view: &MergedView,
+    lower: &Tree,
+    upper: &Tree,
+    lower_of: &[Option<usize>],
+    stop: &AtomicBool,
+) -> Result<HashMap<usize, bool>> {
+    // (layer, data offset, upper index, lower index), in blob order.
+    let mut todo: Vec<(u64, u64, usize, usize)> = Vec::new();
+    for (u, l) in lower_of.iter().enumerate() {
+        let Some(l) = *l else { continue };
+        let (ln, un) = (&lower.nodes[l], &upper.nodes[u]);
+        if un.is_regular() && un.size > 0 && same_metadata(ln, un).0 {
+            let offset = view.layers()[ln.dev as usize].entry(ln.ino as u32).offset;
+            todo.push((ln.dev, offset, u, l));
+        }
+    }
+    let mut verdicts = HashMap::with_capacity(todo.len());
+    if todo.is_empty() {
+        return Ok(verdicts);
+    }
+    todo.sort_unstable();
+    let mut opener = Opener::new(upper)?;
+    let mut a = vec![0u8; BODY_BUF];
+    let mut b = vec![0u8; BODY_BUF];
+    for group in todo.chunk_by(|x, y| x.0 == y.0) {
+        let index = &view.layers()[group[0].0 as usize];
+        index.check_fresh()?;
+        let blob = index.blob();
+        let read_err = |e: io::Error| match e.kind() {
+            io::ErrorKind::UnexpectedEof => Error::truncated(blob, e.to_string()),
+            io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+                Error::corrupt(blob, 0, format!("damaged compressed stream: {e}"))
+            }
+            _ => Error::io(blob, "cannot read", e),
+        };
+        let file = File::open(blob).map_err(|e| Error::io(blob, "cannot open", e))?;
+        let (_, mut stream) =
+            compress::decoder(io::BufReader::with_capacity(BODY_BUF, file)).map_err(read_err)?;
+        let mut pos = 0u64;
+        for (n, &(_, offset, u, l)) in group.iter().enumerate() {
+            if n % 256 == 0 {
+                stopped(stop)?;
+            }
+            let size = lower.nodes[l].size;
+            let mut y = opener.open(u)?;
+            if offset < pos {
+                // The body of a name compared just before: read it again on its own.
+                let mut cmp = SameBytes {
+                    file: &mut y,
+                    buf: &mut b,
+                    opener: &opener,
+                    u,
+                    size,
+                    same: true,
+                    error: None,
+                };
+                let copied = index.copy_data(lower.nodes[l].ino as u32, &mut cmp);
+                let same = match (copied, cmp.same, cmp.error) {
+                    (_, _, Some(e)) => return Err(e),
+                    (_, false, None) => false,
+                    (Ok(_), true, None) => true,
+                    (Err(e), true, None) => return Err(e),
+                };
+                verdicts.insert(u, same);
+                continue;
+            }
+            let mut skip = offset - pos;
+            while skip > 0 {
+                let want = (BODY_BUF as u64).min(skip) as usize;
+                let got = read_stream(&mut stream, &mut a[..want]).map_err(read_err)?;
+                skip -= got as u64;
+            }
+            pos = offset;
+            let mut left = size;
+            let mut same = true;
+            while left > 0 {
+                let want = (BODY_BUF as u64).min(left) as usize;
+                read_stream(&mut stream, &mut a[..want]).map_err(read_err)?;
+                read_full(&mut y, &mut b[..want], &opener, u, size)?;
+                pos += want as u64;
+                left -= want as u64;
+                if a[..want] != b[..want] {
+                    same = false;
+                    break;
+                }
+            }
+            verdicts.insert(u, same);
+        }
+    }
+    Ok(verdicts)
+}
+
+/// Fills `buf` from a decompressed blob stream; a stream that ends first is truncated.
+fn read_stream(stream: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut at = 0;
+    while at < buf.len() {
+        match stream.read(&mut buf[at..]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the stream ends inside a body being compared",
+                ))
+            }
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(at)
+}
+
+/// A sink that compares what is written to it with the next bytes of an upper file; stops the
+/// copy (with an error) at the first difference.
+struct SameBytes<'x, 'a> {
+    file: &'x mut File,
+    buf: &'x mut [u8],
+    opener: &'x Opener<'a>,
+    u: usize,
+    size: u64,
+    same: bool,
+    /// A failure to read the upper file, which wins over the copy's own error.
+    error: Option<Error>,
+}
+
+impl io::Write for SameBytes<'_, '_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(self.buf.len());
+        if let Err(e) = read_full(
+            self.file,
+            &mut self.buf[..n],
+            self.opener,
+            self.u,
+            self.size,
+        ) {
+            self.error = Some(e);
+            return Err(io::Error::other("upper file unreadable"));
+        }
+        if self.buf[..n] != data[..n] {
+            self.same = false;
+            return Err(io::Error::other("bodies differ"));
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -1500,6 +1806,81 @@ mod tests {
         assert_eq!(got, expected);
         let first = EntryIter::open(&out).unwrap().next().unwrap().unwrap();
         assert!(first.xattrs.is_empty(), "overlay xattrs are not copied");
+    }
+
+    #[test]
+    fn a_stack_as_lower_streams_bodies_once_per_blob_and_keeps_link_groups() {
+        use crate::index::testutil::{blob, dir as tdir, file, hardlink, Spec};
+        use crate::index::LayerIndex;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let l0 = blob(
+            dir.path(),
+            "l0.tar.gz",
+            &[
+                tdir("d", 0o755),
+                file("d/a", &big),
+                file("d/b", b"beta"),
+                file("d/c", b"gone"),
+                hardlink("d/h", "d/a"),
+                file("d/z", &big[..70_000]),
+            ],
+            Compression::Gzip,
+        );
+        let l1 = blob(
+            dir.path(),
+            "l1.tar",
+            &[
+                tdir("d", 0o755),
+                Spec::File("d/.wh.c".into(), Vec::new()),
+                file("d/b", b"BETA"),
+            ],
+            Compression::None,
+        );
+        let index = |p: &Path| Arc::new(LayerIndex::build(p).unwrap());
+        let view = MergedView::new(vec![index(&l0), index(&l1)]);
+        let upper = dir.path().join("upper");
+        write(&upper, "d/b", "BETA", 9000);
+        fs::write(upper.join("d/a"), &big).unwrap();
+        fs::hard_link(upper.join("d/a"), upper.join("d/h")).unwrap();
+        fs::write(upper.join("d/z"), &big[..70_000]).unwrap();
+        write(&upper, "d/new", "n", 9000);
+        for rel in ["d/a", "d/z"] {
+            fs::set_permissions(upper.join(rel), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        fs::set_permissions(upper.join("d"), fs::Permissions::from_mode(0o755)).unwrap();
+        let run = |name: &str| {
+            let options = DiffOptions {
+                compression: Compression::None,
+                compare: Compare::Content,
+                ..DiffOptions::default()
+            };
+            let out = dir.path().join(name);
+            diff_stack_dir(&view, &upper, &out, &options, &no_check).unwrap();
+            listing(&out)
+                .into_iter()
+                .map(|(p, k, _)| (p, k))
+                .collect::<Vec<_>>()
+        };
+        let pairs = |v: &[(&str, &'static str)]| -> Vec<(String, &'static str)> {
+            v.iter().map(|(p, k)| (p.to_string(), *k)).collect()
+        };
+        // New mtimes, same bodies: only the new file (and its directory).
+        assert_eq!(run("same.tar"), pairs(&[("d", "dir"), ("d/new", "file")]));
+        // One byte changed in the linked body: the whole upper link group is written.
+        let mut changed = big.clone();
+        changed[299_999] ^= 1;
+        fs::write(upper.join("d/a"), &changed).unwrap();
+        assert_eq!(
+            run("changed.tar"),
+            pairs(&[
+                ("d", "dir"),
+                ("d/a", "file"),
+                ("d/h", "hardlink"),
+                ("d/new", "file")
+            ])
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 from layercore import errors
 from layercore._core import Digester, Entry, __version__, build_profile, chain_id, sha256_file
+from layercore.container import Container, ContainerEntry
 from layercore.diff import from_diff, from_overlay_upper
 from layercore.errors import (
     CorruptLayerError,
@@ -19,6 +20,8 @@ from layercore.stack import Change, Stack
 
 __all__ = [
     "Change",
+    "Container",
+    "ContainerEntry",
     "CorruptLayerError",
     "DigestMismatchError",
     "Digester",

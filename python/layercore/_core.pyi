@@ -18,6 +18,7 @@ __all__ = [
     "chain_id",
     "describe_layer",
     "diff_dirs",
+    "diff_stack_dir",
     "extract_layers",
     "flatten_layers",
     "open_entries",
@@ -156,6 +157,18 @@ def extract_layers(blobs: list[str], dest: str, *, devices: str = "skip") -> dic
 
 def diff_dirs(
     lower: str,
+    upper: str,
+    out: str,
+    *,
+    compression: str | None,
+    level: int | None,
+    threads: int | None,
+    owner: str,
+    source_date_epoch: int | None,
+    compare: str,
+) -> tuple[dict[str, object], list[str]]: ...
+def diff_stack_dir(
+    stack: StackView,
     upper: str,
     out: str,
     *,

@@ -1,4 +1,5 @@
-"""Changeset layers: the difference between two directory trees, or an overlayfs upper dir.
+"""Changeset layers: the difference between two directory trees (or a stack of layers and a
+directory tree), or an overlayfs upper dir.
 
 Both functions write a layer blob and return a :class:`~layercore.layer.Layer`; the work is done
 by the Rust engine with the GIL released.
@@ -14,6 +15,7 @@ from typing import Literal
 from layercore import _core
 from layercore.errors import LayerWarning
 from layercore.layer import Compression, Layer, Owner, StrPath
+from layercore.stack import Stack
 
 __all__ = ["CompareMode", "from_diff", "from_overlay_upper"]
 
@@ -21,7 +23,7 @@ CompareMode = Literal["metadata", "content"]
 
 
 def from_diff(
-    lower: StrPath,
+    lower: StrPath | Stack,
     upper: StrPath,
     out: StrPath,
     *,
@@ -33,6 +35,14 @@ def from_diff(
     threads: int | None = None,
 ) -> Layer:
     """Writes the changeset that turns the tree ``lower`` into the tree ``upper`` as a layer.
+
+    ``lower`` is a directory, or a :class:`~layercore.stack.Stack`, read through its merged
+    view without extracting it: what a build step that changed a root filesystem needs (the
+    image's stack as ``lower``, the root filesystem after the step as ``upper``). The result
+    is the layer the two-directory diff gives against the stack extracted: the stack's mtimes
+    are whole seconds, so an upper mtime with the same seconds is equal whatever its
+    nanoseconds; a name the stack wrote as a hardlink shares its target's inode (metadata,
+    body, link group); with ``compare="content"`` lower bodies are streamed from the blobs.
 
     Added and modified entries are written whole; a deleted path becomes a whiteout
     ``DIR/.wh.NAME`` (empty file, mode 0, owner 0, mtime 0). A directory that lost children gets
@@ -51,17 +61,30 @@ def from_diff(
     """
     _check_threads(threads)
     out_path = Path(out)
-    descriptor, skipped = _core.diff_dirs(
-        os.fspath(lower),
-        os.fspath(upper),
-        os.fspath(out_path),
-        compression=compression,
-        level=level,
-        threads=threads,
-        owner=owner,
-        source_date_epoch=source_date_epoch,
-        compare=compare,
-    )
+    if isinstance(lower, Stack):
+        descriptor, skipped = _core.diff_stack_dir(
+            lower._view,
+            os.fspath(upper),
+            os.fspath(out_path),
+            compression=compression,
+            level=level,
+            threads=threads,
+            owner=owner,
+            source_date_epoch=source_date_epoch,
+            compare=compare,
+        )
+    else:
+        descriptor, skipped = _core.diff_dirs(
+            os.fspath(lower),
+            os.fspath(upper),
+            os.fspath(out_path),
+            compression=compression,
+            level=level,
+            threads=threads,
+            owner=owner,
+            source_date_epoch=source_date_epoch,
+            compare=compare,
+        )
     for message in skipped:
         warnings.warn(message, LayerWarning, stacklevel=2)
     return Layer._from_descriptor(out_path, descriptor)

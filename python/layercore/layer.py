@@ -7,11 +7,14 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from layercore import _core
 from layercore._core import Entry
 from layercore.errors import LayerWarning
+
+if TYPE_CHECKING:
+    from layercore.stack import Stack
 
 __all__ = ["Compression", "Entry", "Layer", "Owner"]
 
@@ -80,7 +83,7 @@ class Layer:
     @classmethod
     def from_diff(
         cls,
-        lower: StrPath,
+        lower: StrPath | Stack,
         upper: StrPath,
         out: StrPath,
         *,
@@ -91,9 +94,12 @@ class Layer:
         compare: Literal["metadata", "content"] = "metadata",
         threads: int | None = None,
     ) -> Layer:
-        """Writes the changeset that turns directory ``lower`` into ``upper`` as a layer at
+        """Writes the changeset that turns ``lower`` into the directory ``upper`` as a layer at
         ``out``: added and modified entries whole, deletions as whiteouts, a replaced directory
-        as an opaque marker when that is smaller (see :func:`layercore.diff.from_diff`)."""
+        as an opaque marker when that is smaller (see :func:`layercore.diff.from_diff`).
+
+        ``lower`` is a directory or a :class:`~layercore.stack.Stack`; a stack is read through
+        its merged view, never extracted (a build step's rootfs against the image below it)."""
         from layercore.diff import from_diff
 
         return from_diff(

@@ -24,6 +24,7 @@ way with or without the compiled extension, and raises the same exception classe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import grp
 import gzip
@@ -32,6 +33,7 @@ import math
 import os
 import pwd
 import re
+import shutil
 import stat
 import sys
 import tarfile
@@ -69,7 +71,10 @@ __all__ = [
     "Digester",
     "Entry",
     "Layer",
+    "Stack",
+    "apply_layer",
     "chain_id",
+    "layer_from_diff",
     "sha256_file",
 ]
 
@@ -899,6 +904,37 @@ class Layer:
                 if entry is not None:
                     yield entry
 
+    def apply(self, dest: StrPath) -> list[str]:
+        """Streams this layer onto the directory ``dest`` (see :func:`apply_layer`)."""
+        return apply_layer(self, dest)
+
+    @classmethod
+    def from_diff(
+        cls,
+        lower: StrPath,
+        upper: StrPath,
+        out: StrPath,
+        *,
+        compression: str | None = "gzip",
+        level: int | None = None,
+        source_date_epoch: int | None = None,
+        owner: str = "root",
+        compare: str = "metadata",
+    ) -> Layer:
+        """Writes the changeset that turns directory ``lower`` into ``upper`` as a layer at
+        ``out``, with the same uncompressed tar as ``layercore.Layer.from_diff`` (see
+        :func:`layer_from_diff`)."""
+        return layer_from_diff(
+            lower,
+            upper,
+            out,
+            compression=compression,
+            level=level,
+            source_date_epoch=source_date_epoch,
+            owner=owner,
+            compare=compare,
+        )
+
     def verify(self) -> None:
         """Re-reads the blob; DigestMismatchError if it no longer matches its digests."""
         layer = os.fsdecode(self.path)
@@ -987,3 +1023,1260 @@ def _write(
                 compressor.close()
     diff_id = tar_sink.digester.digest()
     return _Scan(compression, stored.digester.digest(), diff_id, stored.count, tar_sink.count)
+
+
+# --------------------------------------------------------------------------------------------
+# Changesets: the merged view, flatten, apply and diff
+#
+# The pure-Python twin of overlay.rs / flatten.rs / apply.rs / diff.rs (docs/ARCHITECTURE.md,
+# "The merged view", "Flatten and squash", "Applying and extracting", "Changesets from trees").
+# Plain dicts keyed by path, one streaming pass over each blob, tarfile to write. For the same
+# input the uncompressed tars that flatten and from_diff write are byte-identical to the Rust
+# engine's.
+
+_IMPLIED_DIR_MODE = 0o755
+_MAX_SYMLINKS = 40
+_MAX_HARDLINK_HOPS = 64
+_TYPE_BY_KIND = {
+    "file": tarfile.REGTYPE,
+    "dir": tarfile.DIRTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "char": tarfile.CHRTYPE,
+    "block": tarfile.BLKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+}
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _walk_key(path: str) -> tuple[bytes, ...]:
+    """Walk order (depth first, a directory before its contents, names by bytes) as a sort key."""
+    return tuple(_encode(part) for part in path.split("/"))
+
+
+def _encode(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _clean(path: StrPath) -> str:
+    """A path as the merged view takes it: no leading ``/``, no ``.``/empty components."""
+    text = os.fsdecode(path)
+    return "/".join(p for p in text.split("/") if p not in ("", "."))
+
+
+def _strict_ancestors(path: str) -> Iterator[str]:
+    """The ancestors of ``path``, the root (``''``) included; the root has none."""
+    if not path:
+        return
+    yield ""
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        yield "/".join(parts[:i])
+
+
+def _implied_entry(path: str, mtime: int = 0) -> Entry:
+    return Entry(path, "dir", _IMPLIED_DIR_MODE, 0, 0, "", "", 0, mtime, None, 0, 0, {}, 0)
+
+
+def _marker_info(name: str) -> tarfile.TarInfo:
+    """A whiteout or opaque marker: an empty regular file, mode 0, 0:0, mtime 0, no names."""
+    ti = tarfile.TarInfo(name)
+    ti.type = tarfile.REGTYPE
+    ti.mode = ti.uid = ti.gid = ti.size = ti.mtime = 0
+    ti.uname = ti.gname = ti.linkname = ""
+    ti.devmajor = ti.devminor = 0
+    return ti
+
+
+def _entry_info(e: Entry, name: str, mtime: int) -> tarfile.TarInfo:
+    """The header of entry ``e`` (file, dir, symlink, device, FIFO) under ``name``."""
+    ti = tarfile.TarInfo(name)  # tarfile appends the '/' of a directory
+    ti.type = _TYPE_BY_KIND[e.kind]
+    ti.mode = e.mode
+    ti.uid, ti.gid = e.uid, e.gid
+    ti.uname, ti.gname = e.uname, e.gname
+    ti.size = e.size if e.kind == "file" else 0
+    ti.mtime = mtime
+    ti.linkname = (e.linkname or "") if e.kind == "symlink" else ""
+    devices = e.kind in ("char", "block")
+    ti.devmajor = e.devmajor if devices else 0
+    ti.devminor = e.devminor if devices else 0
+    ti.pax_headers = {
+        _XATTR_PREFIX + k: v.decode("utf-8", "surrogateescape") for k, v in e.xattrs.items()
+    }
+    return ti
+
+
+def _check_options(compression: str | None, level: int | None) -> int | None:
+    if compression is not None and compression not in _DEFAULT_LEVEL:
+        raise ValueError(f"unknown compression {compression!r}: use 'gzip', 'zstd' or None")
+    if compression is None:
+        return None
+    if level is None:
+        return _DEFAULT_LEVEL[compression]
+    lo, hi = _LEVEL_RANGE[compression]
+    if isinstance(level, bool) or not isinstance(level, int) or not lo <= level <= hi:
+        raise ValueError(f"{compression} level must be an int in {lo}..{hi}: {level!r}")
+    if compression == "zstd":
+        _zstandard()
+    return level
+
+
+def _write_layer(
+    out: StrPath,
+    compression: str | None,
+    level: int | None,
+    fill: Callable[[tarfile.TarFile], None],
+) -> Layer:
+    """Writes a blob at ``out`` (temp file beside it, renamed into place) whose tar ``fill``
+    writes: tarfile -> [hash diff_id] -> compressor -> hash digest -> file, in one pass."""
+    level = _check_options(compression, level)
+    out_abs = os.path.abspath(os.fspath(out))
+    out_dir = os.path.dirname(out_abs)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".layercore-", suffix=".tmp", dir=out_dir)
+    except OSError as e:
+        raise _os_error(out_dir, "cannot create a file in", e) from e
+
+    def write_failed(e: OSError) -> None:
+        raise LayerIOError(f"cannot write: {e.strerror or e}", out_abs) from e
+
+    try:
+        with open(fd, "wb") as f:
+            stored = _HashingWriter(f, Digester(), write_failed)
+            compressor: Any = None
+            tar_sink = stored
+            if compression == "gzip":
+                compressor = gzip.GzipFile(
+                    filename="", mode="wb", compresslevel=cast(int, level), fileobj=stored, mtime=0
+                )
+            elif compression == "zstd":
+                cctx = _zstandard().ZstdCompressor(level=level, write_checksum=True)
+                compressor = cctx.stream_writer(stored, closefd=False)
+            if compressor is not None:
+                tar_sink = _HashingWriter(compressor, Digester(), write_failed)
+            try:
+                with tarfile.TarFile(
+                    fileobj=tar_sink,
+                    mode="w",
+                    format=tarfile.PAX_FORMAT,
+                    encoding="utf-8",
+                    errors="surrogateescape",
+                    copybufsize=_CHUNK,
+                ) as tar:
+                    fill(tar)
+                if compressor is not None:
+                    compressor.close()
+                    compressor = None
+            finally:
+                if compressor is not None:
+                    with contextlib.suppress(Exception):
+                        compressor.close()
+            os.fchmod(fd, 0o644)
+        scan = _Scan(
+            compression,
+            stored.digester.digest(),
+            tar_sink.digester.digest(),
+            stored.count,
+            tar_sink.count,
+        )
+        try:
+            os.replace(tmp, out_abs)
+        except OSError as e:
+            raise _os_error(out_abs, "cannot rename the finished layer into place", e) from e
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return Layer._of(out, scan)
+
+
+def _layer_of(layer: Layer | StrPath) -> Layer:
+    return layer if isinstance(layer, Layer) else Layer.open(layer)
+
+
+@contextlib.contextmanager
+def _stream_tar(path: Path) -> Iterator[tarfile.TarFile]:
+    """A streaming (``r|``) TarFile over a blob, decompressed as it is read."""
+    with (
+        _open_stream(path, hash_stored=False, hash_tar=False) as (_, _stored, tar),
+        tarfile.open(fileobj=tar, mode="r|", encoding="utf-8", errors="surrogateescape") as tf,
+    ):
+        yield tf
+
+
+@dataclass
+class _Scanned:
+    """One layer read once: its entries in archive order (markers included) and, for a
+    compressed blob, its file bodies copied (decompressed) into an anonymous spool file so that
+    they can be read again at random without decompressing the blob twice."""
+
+    layer: Layer
+    entries: list[Entry]
+    spool: IO[bytes] | None
+    #: For each entry, where its body starts in the spool (compressed) or the blob (plain).
+    data_at: list[int]
+
+    def open_body(self) -> IO[bytes]:
+        if self.spool is not None:
+            return self.spool
+        try:
+            return open(self.layer.path, "rb")
+        except OSError as e:
+            raise _os_error(self.layer.path, "cannot open", e) from e
+
+
+def _scan_layer(layer: Layer) -> _Scanned:
+    name = os.fsdecode(layer.path)
+    # Anonymous, lives as long as the Stack (closed with it when collected).
+    spool = tempfile.TemporaryFile() if layer.compression is not None else None  # noqa: SIM115
+    entries: list[Entry] = []
+    data_at: list[int] = []
+    with _read_errors(name), _stream_tar(layer.path) as tf:
+        for ti in tf:
+            e = _entry(name, ti)
+            if e is None:
+                continue
+            e = _renormalized(e)
+            if not e.path:
+                continue
+            if ".." in e.path.split("/"):
+                raise UnsupportedEntryError(f"entry {e.path!r}: '..' components", name)
+            at = e.offset
+            if spool is not None and e.kind == "file" and e.size > 0:
+                at = spool.tell()
+                body = tf.extractfile(ti)
+                assert body is not None
+                shutil.copyfileobj(body, spool, _CHUNK)
+            entries.append(e)
+            data_at.append(at)
+    return _Scanned(layer, entries, spool, data_at)
+
+
+def _renormalized(e: Entry) -> Entry:
+    """``e`` with the path (and hardlink target) normalised as the Rust reader does: also
+    inner ``.`` components and ``//`` runs, which :func:`_normalize` leaves alone."""
+    path = _clean(e.path)
+    link = _clean(e.linkname) if e.kind == "hardlink" and e.linkname is not None else e.linkname
+    if path == e.path and link == e.linkname:
+        return e
+    return dataclasses.replace(e, path=path, linkname=link)
+
+
+def _copy_body(source: IO[bytes], at: int, size: int, out: IO[bytes]) -> None:
+    source.seek(at)
+    left = size
+    while left:
+        chunk = source.read(min(left, _CHUNK))
+        if not chunk:
+            raise TruncatedLayerError("the stream ends inside a body", getattr(source, "name", ""))
+        out.write(chunk)
+        left -= len(chunk)
+
+
+class _ViewLayer:
+    """One layer as the merged view sees it (index.rs): the last entry of each path wins; an
+    entry below a non-directory of the layer or with a ``.wh.`` component is shadowed; missing
+    parents of visible entries are implied directories."""
+
+    def __init__(self, scanned: _Scanned) -> None:
+        self.scanned = scanned
+        self.last: dict[str, int] = {}
+        self.whiteouts: set[str] = set()
+        self.opaque: set[str] = set()
+        for i, e in enumerate(scanned.entries):
+            parent, _, base = e.path.rpartition("/")
+            if e.kind == "whiteout":
+                self.whiteouts.add(_join(parent, base[len(_WHITEOUT_PREFIX) :]))
+            elif e.kind == "opaque":
+                self.opaque.add(parent)
+            else:
+                self.last[e.path] = i
+        #: Visible path -> entry index, or -1 for an implied directory.
+        self.visible: dict[str, int] = {}
+        entries = scanned.entries
+        for path, i in self.last.items():
+            if any(p.startswith(_WHITEOUT_PREFIX) for p in path.split("/")):
+                continue
+            missing = []
+            hidden = False
+            ancestor = _parent(path)
+            while ancestor:
+                j = self.last.get(ancestor)
+                if j is None:
+                    missing.append(ancestor)
+                elif entries[j].kind != "dir":
+                    hidden = True
+                    break
+                ancestor = _parent(ancestor)
+            if hidden:
+                continue
+            self.visible[path] = i
+            for d in missing:
+                self.visible.setdefault(d, -1)
+
+    def entry(self, i: int, path: str) -> Entry:
+        return self.scanned.entries[i] if i >= 0 else _implied_entry(path)
+
+
+class Stack:
+    """A stack of layer blobs, bottom first, seen as one merged tree (the twin of
+    ``layercore.Stack``): ``lookup``, ``listdir``, ``walk``, ``read``, ``flatten``, ``extract``.
+
+    Each blob is read once when the stack is made (bodies of compressed blobs are spooled to an
+    anonymous temp file for :meth:`read` and :meth:`flatten`); the merged view is built bottom-up
+    with the OCI rules into a dict keyed by path plus a children map. :meth:`lookup` returns the
+    module's :class:`Entry` (which has no ``layer`` field: adding one would change what
+    :meth:`Layer.entries` yields); :meth:`lookup_with_layer` also gives the providing layer.
+    """
+
+    def __init__(self, layers: Sequence[Layer | StrPath]) -> None:
+        self._layers = tuple(_layer_of(layer) for layer in layers)
+        self._scanned = [_scan_layer(layer) for layer in self._layers]
+        self._view = [_ViewLayer(s) for s in self._scanned]
+        #: path -> (layer, entry index or -1 for an implied directory)
+        self._state: dict[str, tuple[int, int]] = {}
+        self._kids: dict[str, set[str]] = {}
+        self._merge()
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return self._layers
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def close(self) -> None:
+        """Releases the spool files of compressed layers (reads need them afterwards)."""
+        for scanned in self._scanned:
+            if scanned.spool is not None:
+                scanned.spool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the merged view --------------------------------------------------------------------
+
+    def _put(self, path: str, loc: tuple[int, int]) -> None:
+        if path not in self._state:
+            self._kids.setdefault(_parent(path), set()).add(path)
+        self._state[path] = loc
+
+    def _remove_below(self, path: str, inclusive: bool) -> None:
+        if not path:
+            self._state.clear()
+            self._kids.clear()
+            return
+        pending = list(self._kids.pop(path, ()))
+        while pending:
+            p = pending.pop()
+            del self._state[p]
+            pending.extend(self._kids.pop(p, ()))
+        if inclusive and path in self._state:
+            del self._state[path]
+            self._kids[_parent(path)].discard(path)
+
+    def _merge(self) -> None:
+        for k, layer in enumerate(self._view):
+            if k > 0:
+                for target in layer.whiteouts:
+                    self._remove_below(target, True)
+                for d in layer.opaque:
+                    self._remove_below(d, False)
+            for path in sorted(layer.visible, key=_walk_key):  # parents first
+                i = layer.visible[path]
+                kind = "dir" if i < 0 else layer.scanned.entries[i].kind
+                lower = self._state.get(path)
+                if lower is None:
+                    self._put(path, (k, i))
+                elif kind == "dir" and self._entry(lower, path).kind == "dir":
+                    if i >= 0:
+                        self._state[path] = (k, i)
+                else:
+                    self._state[path] = (k, i)
+                    self._remove_below(path, False)
+
+    def _entry(self, loc: tuple[int, int], path: str) -> Entry:
+        return self._view[loc[0]].entry(loc[1], path)
+
+    def lookup_with_layer(self, path: StrPath) -> tuple[int, Entry] | None:
+        """``(layer, entry)`` visible at ``path`` (bottom layer = 0), or None."""
+        p = _clean(path)
+        loc = self._state.get(p)
+        return None if loc is None else (loc[0], self._entry(loc, p))
+
+    def lookup(self, path: StrPath) -> Entry | None:
+        """The entry visible at ``path``, or None (symlinks are not followed)."""
+        found = self.lookup_with_layer(path)
+        return None if found is None else found[1]
+
+    def listdir(self, path: StrPath = "") -> list[str]:
+        """Names in the directory ``path`` (``''`` is the root), sorted by bytes."""
+        p = _clean(path)
+        if p:
+            loc = self._state.get(p)
+            if loc is None:
+                raise SourceNotFoundError("nothing is visible there", p)
+            if self._entry(loc, p).kind != "dir":
+                raise UnsupportedEntryError("is not a directory", p)
+        names = [c.rpartition("/")[2] for c in self._kids.get(p, ())]
+        return sorted(names, key=_encode)
+
+    def walk(self) -> Iterator[Entry]:
+        """Every visible entry in walk order."""
+        for _, e in self.walk_with_layers():
+            yield e
+
+    def walk_with_layers(self) -> Iterator[tuple[int, Entry]]:
+        """``(layer, entry)`` for every visible entry in walk order."""
+        for path in sorted(self._state, key=_walk_key):
+            loc = self._state[path]
+            yield loc[0], self._entry(loc, path)
+
+    def _follow(self, path: str) -> str:
+        """Resolves ``path`` as ``open`` in a chroot at the stack's root would."""
+        pending = [p for p in reversed(path.split("/"))]
+        current = ""
+        found: str | None = None
+        links = 0
+        while pending:
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                current = _parent(current)
+                found = current or None
+                continue
+            nxt = _join(current, part)
+            loc = self._state.get(nxt)
+            if loc is None:
+                raise SourceNotFoundError("nothing is visible there", path)
+            e = self._entry(loc, nxt)
+            if e.kind == "symlink":
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise UnsupportedEntryError("too many levels of symbolic links", path)
+                target = e.linkname or ""
+                if target.startswith("/"):
+                    current, found = "", None
+                pending.extend(reversed(target.split("/")))
+                continue
+            if e.kind != "dir" and any(p not in ("", ".") for p in pending):
+                raise UnsupportedEntryError(f"{nxt!r} is not a directory", path)
+            current = found = nxt
+        if found is None:
+            raise UnsupportedEntryError("is the root directory, not a regular file", path)
+        return found
+
+    def _body(self, path: str) -> tuple[_Scanned, int]:
+        """The layer and entry index whose body ``path`` reads."""
+        p = self._follow(_clean(path))
+        k, i = self._state[p]
+        scanned = self._scanned[k]
+        layer = self._view[k]
+        entries = scanned.entries
+        if i < 0:
+            raise UnsupportedEntryError("is a directory, not a regular file", p)
+        for _ in range(_MAX_HARDLINK_HOPS):
+            e = entries[i]
+            if e.kind == "file":
+                return scanned, i
+            if e.kind != "hardlink":
+                raise UnsupportedEntryError(f"is a {e.kind}, not a regular file", p)
+            target = e.linkname or ""
+            last = layer.last.get(target)
+            if last is None:
+                raise CorruptLayerError(
+                    f"hardlink {e.path!r} points to {target!r}, which the layer lacks",
+                    os.fsdecode(scanned.layer.path),
+                )
+            if last >= i:  # the last entry at target before the link, as extraction finds it
+                last = next((j for j in range(i - 1, -1, -1) if entries[j].path == target), last)
+            i = last
+        raise CorruptLayerError(f"{p!r} is part of a loop of hardlinks", str(scanned.layer.path))
+
+    def read(self, path: StrPath) -> bytes:
+        """The body of the regular file at ``path`` (symlinks followed inside the stack)."""
+        scanned, i = self._body(os.fsdecode(path))
+        f = scanned.open_body()
+        try:
+            f.seek(scanned.data_at[i])
+            return f.read(scanned.entries[i].size)
+        finally:
+            if f is not scanned.spool:
+                f.close()
+
+    # -- flatten ----------------------------------------------------------------------------
+
+    def flatten(
+        self,
+        out: StrPath,
+        *,
+        compression: str | None = "gzip",
+        level: int | None = None,
+        source_date_epoch: int | None = None,
+    ) -> Layer:
+        """Writes the merged view as one layer at ``out``, in canonical order (flatten.rs)."""
+        flat = [_FlatLayer(s) for s in self._scanned]
+        outs = _flatten_plan(flat)
+
+        def fill(tar: tarfile.TarFile) -> None:
+            _flatten_write(tar, flat, outs, source_date_epoch)
+
+        return _write_layer(out, compression, level, fill)
+
+    # -- extract ----------------------------------------------------------------------------
+
+    def extract(self, dest: StrPath) -> list[str]:
+        """Applies every layer, bottom first, into ``dest`` (missing or empty); the warnings."""
+        d = os.fsencode(dest)
+        try:
+            os.mkdir(d, 0o755)
+        except FileExistsError:
+            if os.listdir(d):
+                raise UnsupportedEntryError(
+                    "the destination must be empty", os.fsdecode(d)
+                ) from None
+        warnings_: list[str] = []
+        for layer in self._layers:
+            warnings_ += apply_layer(layer, d)
+        return warnings_
+
+
+class _FlatLayer:
+    """One layer as flatten.rs indexes it: stricter than the view (no ``..``, nothing below a
+    ``.wh.`` name or a non-directory of the layer, hardlinks only to earlier entries), every
+    directory an entry lies in belongs to the layer, hardlinks resolved to their body entry."""
+
+    def __init__(self, scanned: _Scanned) -> None:
+        name = os.fsdecode(scanned.layer.path)
+        self.scanned = scanned
+        self.index: list[int] = []  # position in scanned.entries
+        self.body: list[int] = []
+        self.linked: list[bool] = []
+        self.last: dict[str, int] = {}
+        self.whiteouts: list[str] = []
+        self.opaques: list[str] = []
+        dirs: set[str] = set()
+        for pos, e in enumerate(scanned.entries):
+            parts = e.path.split("/")
+            for n, part in enumerate(parts):
+                if part.startswith(_WHITEOUT_PREFIX):
+                    if n < len(parts) - 1:
+                        raise UnsupportedEntryError(
+                            f"entry {e.path!r}: a name below a '.wh.' name", name
+                        )
+                    if e.kind not in ("whiteout", "opaque"):
+                        raise UnsupportedEntryError(
+                            f"entry {e.path!r}: a {e.kind} named like a whiteout", name
+                        )
+            parent = _parent(e.path)
+            while parent and parent not in dirs:
+                dirs.add(parent)
+                parent = _parent(parent)
+            dirname, _, base = e.path.rpartition("/")
+            if e.kind == "opaque":
+                self.opaques.append(dirname)
+            elif e.kind == "whiteout":
+                self.whiteouts.append(_join(dirname, base[len(_WHITEOUT_PREFIX) :]))
+            else:
+                idx = len(self.index)
+                body = idx
+                if e.kind == "hardlink":
+                    target = e.linkname or ""
+                    t = self.last.get(target)
+                    if t is None:
+                        raise UnsupportedEntryError(
+                            f"entry {e.path!r}: hardlink to {target!r}, not an earlier entry",
+                            name,
+                        )
+                    body = self.body[t]
+                    if self.entry(body).kind == "dir":
+                        raise UnsupportedEntryError(
+                            f"entry {e.path!r}: hardlink to the directory {target!r}", name
+                        )
+                    self.linked[body] = True
+                self.last[e.path] = idx
+                self.index.append(pos)
+                self.body.append(body)
+                self.linked.append(False)
+        for d in dirs:
+            i = self.last.get(d)
+            if i is not None and self.entry(i).kind != "dir":
+                raise UnsupportedEntryError(
+                    f"entry {d!r}: a {self.entry(i).kind} that other entries lie below", name
+                )
+        self.implied = [d for d in dirs if d not in self.last]
+
+    def entry(self, idx: int) -> Entry:
+        return self.scanned.entries[self.index[idx]]
+
+
+def _flatten_plan(flat: Sequence[_FlatLayer]) -> list[tuple[str, int, int]]:
+    """Winners of the merged view, top-down, in canonical order: ``(path, layer, idx)``, with
+    ``idx == -1`` for a directory that no layer describes."""
+    winners: dict[str, tuple[int, int, bool]] = {}  # path -> (layer, idx, implied)
+    deleted: set[str] = set()
+    below: set[str] = set()
+
+    def hidden(path: str) -> bool:
+        return path in deleted or any(a in deleted or a in below for a in _strict_ancestors(path))
+
+    for k in range(len(flat) - 1, -1, -1):
+        layer = flat[k]
+        for path, idx in layer.last.items():
+            if hidden(path):
+                continue
+            e = layer.entry(idx)
+            w = winners.get(path)
+            if w is None:
+                winners[path] = (k, idx, False)
+            elif w[2]:
+                if e.kind != "dir":
+                    raise UnsupportedEntryError(
+                        f"entries below {path!r} need it to be a directory, but this layer has "
+                        f"no entry for it and a lower layer ({layer.scanned.layer.path}) has it "
+                        f"as a {e.kind}: they would be written through it",
+                        os.fsdecode(flat[w[0]].scanned.layer.path),
+                    )
+                winners[path] = (k, idx, False)
+        for path in layer.implied:
+            if not hidden(path):
+                winners.setdefault(path, (k, -1, True))
+        deleted.update(layer.whiteouts)
+        below.update(layer.opaques)
+        below.update(p for p, i in layer.last.items() if layer.entry(i).kind != "dir")
+    return [
+        (path, k, -1 if implied else idx)
+        for path, (k, idx, implied) in sorted(winners.items(), key=lambda w: _walk_key(w[0]))
+    ]
+
+
+def _flatten_write(
+    tar: tarfile.TarFile,
+    flat: Sequence[_FlatLayer],
+    outs: Sequence[tuple[str, int, int]],
+    source_date_epoch: int | None,
+) -> None:
+    def clamp(mtime: int) -> int:
+        return mtime if source_date_epoch is None else min(mtime, source_date_epoch)
+
+    leaders: dict[tuple[int, int], str] = {}  # (layer, body) -> the name carrying the body
+    sources: dict[int, IO[bytes]] = {}
+    try:
+        for path, k, idx in outs:
+            if idx < 0:
+                tar.addfile(_entry_info(_implied_entry(path), path, source_date_epoch or 0))
+                continue
+            layer = flat[k]
+            body = layer.body[idx]
+            e = layer.entry(body)
+            if layer.linked[body] and e.kind == "file":
+                leader = leaders.get((k, body))
+                if leader is not None:
+                    ti = _entry_info(e, path, clamp(e.mtime))
+                    ti.type = tarfile.LNKTYPE
+                    ti.size = 0
+                    ti.linkname = leader
+                    tar.addfile(ti)
+                    continue
+                leaders[(k, body)] = path
+            ti = _entry_info(e, path, clamp(e.mtime))
+            if e.kind == "file" and e.size > 0:
+                scanned = layer.scanned
+                src = sources.get(k)
+                if src is None:
+                    src = sources[k] = scanned.open_body()
+                src.seek(scanned.data_at[layer.index[body]])
+                tar.addfile(ti, src)
+            else:
+                tar.addfile(ti)
+    finally:
+        for k, src in sources.items():
+            if src is not flat[k].scanned.spool:
+                src.close()
+
+
+# -- apply ----------------------------------------------------------------------------------
+
+
+class _Applier:
+    """Applies one layer onto ``dest`` (apply.rs's rules, with path-based calls: the twin checks
+    each parent component with ``lstat`` instead of holding directory descriptors)."""
+
+    def __init__(self, layer: Layer, dest: bytes) -> None:
+        self.layer = layer
+        self.name = os.fsdecode(layer.path)
+        self.dest = dest
+        self.written: set[str] = set()
+        self.touched: set[str] = set()  # written paths and their ancestors
+        self.dirs: list[tuple[str, Entry]] = []
+        self.saved_times: dict[str, tuple[int, int]] = {}  # unlisted dirs this layer changes
+        self.warnings: list[str] = []
+
+    def full(self, path: str) -> bytes:
+        return self.dest + b"/" + _encode(path) if path else self.dest
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        warnings.warn(message, LayerWarning, stacklevel=4)
+
+    def changing(self, directory: str) -> None:
+        """Records the times of ``directory`` before this layer first changes its contents."""
+        if directory not in self.saved_times:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(self.full(directory))
+                self.saved_times[directory] = (st.st_atime_ns, st.st_mtime_ns)
+
+    def parents(self, path: str) -> None:
+        """Makes sure every parent of ``path`` is a real directory (created 0755 if missing)."""
+        current = ""
+        for part in path.split("/")[:-1]:
+            current = _join(current, part)
+            full = self.full(current)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                self.changing(_parent(current))
+                os.mkdir(full, 0o755)
+                os.chmod(full, 0o755)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsupportedEntryError(
+                    f"entry {path!r}: its parent {current!r} is not a directory", self.name
+                )
+
+    def remove(self, path: str) -> None:
+        """Removes ``path`` (recursively) if it exists."""
+        full = self.full(path)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            return
+        self.changing(_parent(path))
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
+
+    def remove_except(self, path: str) -> None:
+        """Removes ``path`` and everything below it except what this layer wrote."""
+        if path not in self.touched:
+            self.remove(path)
+            return
+        full = self.full(path)
+        if (path in self.written and not os.path.isdir(full)) or os.path.islink(full):
+            return
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for name in sorted(os.listdir(full)):
+                self.remove_except(_join(path, os.fsdecode(name)))
+
+    def hide(self, directory: str, name: str | None) -> None:
+        """A whiteout of ``directory/name``, or the opaque marker of ``directory``."""
+        full = self.full(directory)
+        if directory and (os.path.islink(full) or not os.path.isdir(full)):
+            return  # a non-directory has no lower children
+        if name is not None:
+            self.remove_except(_join(directory, name))
+            return
+        for child in sorted(os.listdir(full)):
+            self.remove_except(_join(directory, os.fsdecode(child)))
+
+    def owner(self, full: bytes, e: Entry) -> bool:
+        try:
+            os.chown(full, e.uid, e.gid, follow_symlinks=False)
+            return True
+        except PermissionError as err:
+            self.warn(f"{e.path}: owner not restored ({err.strerror}); the extracting user owns it")
+            return False
+
+    def xattrs(self, full: bytes, e: Entry, *, exact: bool) -> None:
+        if exact:
+            with contextlib.suppress(OSError):
+                for key in os.listxattr(full, follow_symlinks=False):
+                    if key not in e.xattrs and key not in _XATTR_EXCLUDED:
+                        os.removexattr(full, key, follow_symlinks=False)
+        for key, value in e.xattrs.items():
+            try:
+                os.setxattr(full, key, value, follow_symlinks=False)
+            except OSError as err:
+                self.warn(f"{e.path}: xattr {key} not set ({err.strerror})")
+
+    def entry(self, e: Entry, tf: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
+        path = e.path
+        for a in [path, *_strict_ancestors(path)]:
+            self.touched.add(a)
+        self.written.add(path)
+        self.parents(path)
+        full = self.full(path)
+        try:
+            st: os.stat_result | None = os.lstat(full)
+        except FileNotFoundError:
+            st = None
+        if e.kind == "dir":
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                self.remove(path)
+                self.changing(_parent(path))
+                os.mkdir(full, 0o700)
+            self.owner(full, e)
+            self.xattrs(full, e, exact=True)
+            self.dirs.append((path, e))
+            return
+        if e.kind in ("char", "block"):
+            self.warn(f"{path}: device node skipped (devices='skip')")
+            return
+        if e.kind == "hardlink":
+            target = _normalize(e.linkname or "")
+            tfull = self.full(target)
+            if ".." in target.split("/") or not os.path.lexists(tfull) or os.path.isdir(tfull):
+                raise UnsupportedEntryError(
+                    f"hardlink {path!r} to {target!r}: no such file in the destination", self.name
+                )
+            self.remove(path)
+            self.changing(_parent(path))
+            os.link(tfull, full, follow_symlinks=False)
+            return
+        self.remove(path)
+        self.changing(_parent(path))
+        if e.kind == "symlink":
+            os.symlink(_encode(e.linkname or ""), full)
+            self.owner(full, e)
+            self.xattrs(full, e, exact=False)
+        elif e.kind == "fifo":
+            os.mkfifo(full, 0o600)
+            owned = self.owner(full, e)
+            os.chmod(full, e.mode if owned else e.mode & ~0o6000)
+            self.xattrs(full, e, exact=False)
+        else:
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                with open(fd, "wb") as f:
+                    body = tf.extractfile(ti)
+                    if body is not None:
+                        shutil.copyfileobj(body, f, _CHUNK)
+                    owned = self.owner(full, e)
+                    os.fchmod(f.fileno(), e.mode if owned else e.mode & ~0o6000)
+                    self.xattrs(full, e, exact=False)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(full)
+                raise
+        os.utime(full, ns=(e.mtime * 10**9, e.mtime * 10**9), follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Directory times back for unlisted ones, then the listed ones, deepest first."""
+        listed = {path for path, _ in self.dirs}
+        for path, times in self.saved_times.items():
+            full = self.full(path)
+            if path not in listed and os.path.isdir(full) and not os.path.islink(full):
+                os.utime(full, ns=times, follow_symlinks=False)
+        for path, e in sorted(self.dirs, key=lambda d: -d[0].count("/")):
+            full = self.full(path)
+            os.chmod(full, e.mode)  # a real directory: parents() and entry() made sure
+            os.utime(full, ns=(e.mtime * 10**9, e.mtime * 10**9), follow_symlinks=False)
+
+    def run(self) -> list[str]:
+        with _read_errors(self.name), _stream_tar(self.layer.path) as tf:
+            for ti in tf:
+                e = _entry(self.name, ti)
+                if e is None:
+                    continue
+                if ".." in e.path.split("/") or "\0" in e.path:
+                    raise UnsupportedEntryError(f"entry {e.path!r}: '..' or NUL", self.name)
+                directory, _, base = e.path.rpartition("/")
+                if e.kind == "whiteout":
+                    self.hide(directory, base[len(_WHITEOUT_PREFIX) :])
+                elif e.kind == "opaque":
+                    self.hide(directory, None)
+                else:
+                    self.entry(e, tf, ti)
+        self.finish()
+        return self.warnings
+
+
+def apply_layer(layer: Layer | StrPath, dest: StrPath | bytes) -> list[str]:
+    """Streams one layer onto the existing directory ``dest`` (the twin of
+    ``layercore.Layer.apply``): whiteouts and opaque markers remove what lower layers put
+    there (never this layer's own entries, in either archive order), directories merge, other
+    entries replace. Devices are skipped and refused owners/xattrs warned about; returns the
+    warnings."""
+    return _Applier(_layer_of(layer), os.fsencode(dest)).run()
+
+
+# -- diff -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Node:
+    """One entry of a walked tree (diff.rs's Node)."""
+
+    rel: bytes
+    kind: str  # file, hardlink (a later name of a multiply-linked file), dir, symlink, ...
+    mode: int
+    uid: int
+    gid: int
+    uname: str
+    gname: str
+    size: int
+    mtime: int
+    mtime_nsec: int
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    xattrs: dict[str, str]
+    key: tuple[int, int]
+    full: bytes
+    end: int = 0
+
+    @property
+    def regular(self) -> bool:
+        return self.kind in ("file", "hardlink")
+
+    @property
+    def name(self) -> bytes:
+        return self.rel.rpartition(b"/")[2]
+
+
+class _Tree:
+    """A tree walked in walk order, with subtree ends and hardlink groups."""
+
+    def __init__(self, root: bytes, owner: str, skip: tuple[int, int] | None) -> None:
+        writer = _Writer(cast(tarfile.TarFile, None), source_date_epoch=None, owner=owner)
+        keep = owner == "keep"
+        self.nodes: list[_Node] = []
+        first: dict[tuple[int, int], bytes] = {}
+        for rel, entry in _walk(root):
+            full = entry.path
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                raise _os_error(full, "cannot stat", e) from e
+            if skip is not None and (st.st_dev, st.st_ino) == skip:
+                continue
+            fmt = stat.S_IFMT(st.st_mode)
+            key = (st.st_dev, st.st_ino)
+            linkname = b""
+            dev = (0, 0)
+            size = 0
+            if fmt == stat.S_IFREG:
+                kind = "file"
+                size = st.st_size
+                if st.st_nlink > 1:
+                    if key in first:
+                        kind, linkname = "hardlink", first[key]
+                    else:
+                        first[key] = rel
+            elif fmt == stat.S_IFDIR:
+                kind = "dir"
+            elif fmt == stat.S_IFLNK:
+                kind, linkname = "symlink", os.readlink(full)
+            elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
+                kind = "char" if fmt == stat.S_IFCHR else "block"
+                dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            elif fmt == stat.S_IFIFO:
+                kind = "fifo"
+            elif fmt == stat.S_IFSOCK:
+                warnings.warn(
+                    f"{os.fsdecode(full)}: socket skipped (a tar layer cannot carry sockets)",
+                    LayerWarning,
+                    stacklevel=4,
+                )
+                continue
+            else:
+                raise UnsupportedEntryError(f"unsupported file type {fmt:#o}", os.fsdecode(full))
+            self.nodes.append(
+                _Node(
+                    rel=rel,
+                    kind=kind,
+                    mode=stat.S_IMODE(st.st_mode),
+                    uid=st.st_uid if keep else 0,
+                    gid=st.st_gid if keep else 0,
+                    uname=writer._uname(st.st_uid) if keep else "",
+                    gname=writer._gname(st.st_gid) if keep else "",
+                    size=size,
+                    mtime=st.st_mtime_ns // 1_000_000_000,
+                    mtime_nsec=st.st_mtime_ns % 1_000_000_000,
+                    linkname=linkname,
+                    devmajor=dev[0],
+                    devminor=dev[1],
+                    xattrs=_Writer._xattrs(full),
+                    key=key,
+                    full=full,
+                )
+            )
+        # Subtree ends from the depth of each path (the walk is a preorder).
+        open_dirs: list[tuple[int, int]] = []
+        for i, node in enumerate(self.nodes):
+            depth = node.rel.count(b"/")
+            while open_dirs and open_dirs[-1][1] >= depth:
+                self.nodes[open_dirs.pop()[0]].end = i
+            node.end = i + 1
+            if node.kind == "dir":
+                open_dirs.append((i, depth))
+        for j, _ in open_dirs:
+            self.nodes[j].end = len(self.nodes)
+        # Hardlink groups: the inodes with a later name, members in walk order.
+        linked = {n.key for n in self.nodes if n.kind == "hardlink"}
+        self.groups: dict[tuple[int, int], list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            if node.regular and node.key in linked:
+                self.groups.setdefault(node.key, []).append(i)
+        self.by_rel = {n.rel: i for i, n in enumerate(self.nodes)}
+
+    def children(self, d: int | None) -> Iterator[int]:
+        i, end = (0, len(self.nodes)) if d is None else (d + 1, self.nodes[d].end)
+        while i < end:
+            yield i
+            i = self.nodes[i].end
+
+    def group(self, i: int) -> list[int]:
+        node = self.nodes[i]
+        return self.groups.get(node.key, []) if node.regular else []
+
+
+def _same_metadata(lo: _Node, up: _Node) -> tuple[bool, bool]:
+    kind = lo.kind == up.kind or (lo.regular and up.regular)
+    meta = (
+        kind
+        and (lo.mode, lo.uid, lo.gid, lo.size) == (up.mode, up.uid, up.gid, up.size)
+        and (up.kind != "symlink" or lo.linkname == up.linkname)
+        and (lo.devmajor, lo.devminor) == (up.devmajor, up.devminor)
+        and lo.xattrs == up.xattrs
+    )
+    mtime = lo.mtime == up.mtime and (
+        lo.mtime_nsec == 0 or up.mtime_nsec == 0 or lo.mtime_nsec == up.mtime_nsec
+    )
+    return meta, mtime
+
+
+def _same_body(lo: _Node, up: _Node) -> bool:
+    try:
+        with open(lo.full, "rb") as a, open(up.full, "rb") as b:
+            while True:
+                x, y = a.read(_CHUNK), b.read(_CHUNK)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    except OSError as e:
+        raise _os_error(up.full, "cannot read", e) from e
+
+
+class _Differ:
+    """Plans the changeset of two trees (diff.rs's Differ), as a list of items:
+    ``("entry", u)``, ``("whiteout", l)``, ``("opaque", u)``."""
+
+    def __init__(self, lower: _Tree, upper: _Tree, compare: str) -> None:
+        self.lower, self.upper = lower, upper
+        self.lower_of = [lower.by_rel.get(n.rel) for n in upper.nodes]
+        self.upper_of = [upper.by_rel.get(n.rel) for n in lower.nodes]
+        self.changed = [True] * len(upper.nodes)
+        verdicts: dict[tuple[tuple[int, int], tuple[int, int]], bool] = {}
+        for u, match in enumerate(self.lower_of):
+            if match is None:
+                continue
+            ln, un = lower.nodes[match], upper.nodes[u]
+            meta, mtime = _same_metadata(ln, un)
+            if compare == "metadata":
+                self.changed[u] = not (meta and mtime)
+            elif meta and un.regular and un.size > 0:
+                key = (ln.key, un.key)
+                same = verdicts.get(key)
+                if same is None:
+                    same = _same_body(ln, un)
+                    if upper.group(u):
+                        verdicts[key] = same
+                self.changed[u] = not same
+            else:
+                self.changed[u] = not meta
+
+    def plan(self) -> list[tuple[str, int]]:
+        while True:
+            plan: list[tuple[str, int]] = []
+            self.plan_dir(None, None, plan)
+            emitted = [False] * len(self.upper.nodes)
+            for what, u in plan:
+                if what == "entry":
+                    emitted[u] = True
+            if not self.keep_links_whole(emitted):
+                return plan
+
+    def keep_links_whole(self, emitted: list[bool]) -> bool:
+        upper, marked = self.upper, False
+        for u, node in enumerate(upper.nodes):
+            if not node.regular:
+                continue
+            ugroup = upper.group(u)
+            if emitted[u]:
+                if any(not emitted[p] for p in ugroup):
+                    for p in ugroup:
+                        self.changed[p] = emitted[p] = True
+                    marked = True
+                continue
+            match = self.lower_of[u]
+            if match is None:
+                continue
+            lgroup = self.lower.group(match)
+            if not ugroup and not lgroup:
+                continue
+            kept = [] if lgroup else [u]
+            for q in lgroup:
+                partner = self.upper_of[q]
+                if partner is not None and not emitted[partner]:
+                    kept.append(partner)
+            kept.sort()
+            if kept != (ugroup or [u]):
+                for p in ugroup or [u]:
+                    self.changed[p] = emitted[p] = True
+                marked = True
+        return marked
+
+    def check_name(self, u: int) -> None:
+        node = self.upper.nodes[u]
+        if node.name.startswith(_encode(_WHITEOUT_PREFIX)):
+            raise UnsupportedEntryError(
+                "a name starting with .wh. would read as a whiteout in a layer",
+                os.fsdecode(node.full),
+            )
+
+    def whole(self, u: int, plan: list[tuple[str, int]]) -> None:
+        for d in range(u, self.upper.nodes[u].end):
+            self.check_name(d)
+            plan.append(("entry", d))
+
+    def plan_dir(self, u: int | None, lo: int | None, plan: list[tuple[str, int]]) -> None:
+        lower, upper = self.lower, self.upper
+        start = len(plan)
+        if u is not None:
+            plan.append(("slot", -1))
+        upper_names = {upper.nodes[c].name for c in upper.children(u)}
+        deleted = 0
+        for lc in lower.children(lo):
+            if lower.nodes[lc].name not in upper_names:
+                plan.append(("whiteout", lc))
+                deleted += 1
+        for uc in upper.children(u):
+            node = upper.nodes[uc]
+            same_path = self.lower_of[uc]
+            if same_path is not None and node.kind == "dir":
+                if lower.nodes[same_path].kind == "dir":
+                    self.plan_dir(uc, same_path, plan)
+                else:
+                    self.whole(uc, plan)
+            elif same_path is not None and not self.changed[uc]:
+                pass
+            else:
+                self.whole(uc, plan)
+        if u is None:
+            return
+        below = len(plan) - start - 1
+        explicit = below + (1 if self.changed[u] or below > 0 else 0)
+        opaque = 2 + (upper.nodes[u].end - u - 1)  # the directory, its marker, its content
+        if deleted > 0 and opaque < explicit:
+            del plan[start:]
+            plan.append(("entry", u))
+            plan.append(("opaque", u))
+            for d in range(u + 1, upper.nodes[u].end):
+                self.check_name(d)
+                plan.append(("entry", d))
+        elif explicit > 0:
+            self.check_name(u)
+            plan[start] = ("entry", u)
+        else:
+            del plan[start:]
+
+
+def _diff_write(
+    tar: tarfile.TarFile,
+    lower: _Tree,
+    upper: _Tree,
+    plan: Sequence[tuple[str, int]],
+    source_date_epoch: int | None,
+) -> None:
+    first_name: dict[tuple[int, int], str] = {}
+    for what, i in plan:
+        if what == "whiteout":
+            node = lower.nodes[i]
+            parent, _, name = node.rel.rpartition(b"/")
+            marker = (parent + b"/" if parent else b"") + _encode(_WHITEOUT_PREFIX) + name
+            tar.addfile(_marker_info(_decode(marker)))
+            continue
+        node = upper.nodes[i]
+        if what == "opaque":
+            tar.addfile(_marker_info(_decode(node.rel + b"/" + _encode(_OPAQUE_MARKER))))
+            continue
+        ti = tarfile.TarInfo(_decode(node.rel))
+        ti.mode, ti.uid, ti.gid = node.mode, node.uid, node.gid
+        ti.uname, ti.gname = node.uname, node.gname
+        ti.size = 0
+        ti.mtime = node.mtime if source_date_epoch is None else min(node.mtime, source_date_epoch)
+        ti.linkname = _decode(node.linkname)
+        ti.devmajor, ti.devminor = node.devmajor, node.devminor
+        ti.pax_headers = dict(node.xattrs)
+        body: IO[bytes] | None = None
+        if node.regular:
+            leader = first_name.get(node.key)
+            if leader is not None and upper.group(i):
+                ti.type, ti.linkname = tarfile.LNKTYPE, leader
+            else:
+                if upper.group(i):
+                    first_name[node.key] = _decode(node.rel)
+                ti.type, ti.linkname, ti.size = tarfile.REGTYPE, "", node.size
+                try:
+                    body = open(node.full, "rb")  # noqa: SIM115 (closed below)
+                except OSError as e:
+                    raise _os_error(node.full, "cannot open", e) from e
+        else:
+            ti.type = _TYPE_BY_KIND[node.kind]
+        if body is None:
+            tar.addfile(ti)
+        else:
+            with body:
+                tar.addfile(ti, body)
+
+
+def layer_from_diff(
+    lower: StrPath,
+    upper: StrPath,
+    out: StrPath,
+    *,
+    compression: str | None = "gzip",
+    level: int | None = None,
+    source_date_epoch: int | None = None,
+    owner: str = "root",
+    compare: str = "metadata",
+) -> Layer:
+    """The changeset that turns the tree ``lower`` into ``upper``, as a layer at ``out`` (the
+    twin of ``layercore.Layer.from_diff``; see :meth:`Layer.from_diff`)."""
+    if compare not in ("metadata", "content"):
+        raise ValueError(f"compare must be 'metadata' or 'content': {compare!r}")
+    if owner not in _OWNERS:
+        raise ValueError(f"owner must be 'root' or 'keep': {owner!r}")
+    _check_options(compression, level)
+    roots = []
+    for root in (lower, upper):
+        b = os.fsencode(root)
+        try:
+            st = os.stat(b)
+        except OSError as e:
+            raise _os_error(root, "cannot stat", e) from e
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsupportedEntryError("is not a directory", os.fsdecode(root))
+        roots.append(b)
+    lower_tree = _Tree(roots[0], owner, None)
+    upper_tree = _Tree(roots[1], owner, None)
+    plan = _Differ(lower_tree, upper_tree, compare).plan()
+
+    def fill(tar: tarfile.TarFile) -> None:
+        _diff_write(tar, lower_tree, upper_tree, plan, source_date_epoch)
+
+    return _write_layer(out, compression, level, fill)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from layercore import _core
 from layercore._core import Entry
@@ -19,6 +19,9 @@ from layercore.errors import DigestMismatchError
 from layercore.flatten import flatten as _flatten
 from layercore.flatten import squash as _squash
 from layercore.layer import Compression, Layer
+
+if TYPE_CHECKING:
+    from layercore.container import Container
 
 __all__ = ["Change", "Stack"]
 
@@ -192,3 +195,11 @@ class Stack:
         from layercore.extract import extract
 
         return extract(self._layers, dest, devices=devices)
+
+    def container(self, upper_dir: StrPath) -> Container:
+        """A copy-on-write container over this stack whose changes go to the directory
+        ``upper_dir``, laid out as an overlayfs upper dir (see
+        :class:`layercore.container.Container`); its ``commit`` writes them as a layer."""
+        from layercore.container import Container
+
+        return Container(self, upper_dir)

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::stack::PyStackView;
 use super::{build_options, descriptor, detached, to_pyerr};
 use crate::blob_writer::LayerDescriptor;
 use crate::diff::{self, Compare, DiffOptions};
+use crate::writer::BuildOptions;
 
 fn result<'py>(py: Python<'py>, d: LayerDescriptor) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
     let dict = descriptor(
@@ -39,16 +41,48 @@ fn diff_dirs<'py>(
     compare: &str,
 ) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
     let base = build_options(compression, level, source_date_epoch, owner, threads)?;
-    let options = DiffOptions {
+    let options = diff_options(base, compare)?;
+    let d = detached(py, |check| {
+        diff::diff_dirs(&lower, &upper, &out, &options, check)
+    })?;
+    result(py, d)
+}
+
+fn diff_options(base: BuildOptions, compare: &str) -> PyResult<DiffOptions> {
+    Ok(DiffOptions {
         compression: base.compression,
         level: base.level,
         threads: base.threads,
         owner: base.owner,
         source_date_epoch: base.source_date_epoch,
         compare: Compare::parse(compare).map_err(to_pyerr)?,
-    };
+    })
+}
+
+/// Writes the changeset from the merged view of a stack to the tree `upper` as a layer at
+/// `out`, without extracting the stack; returns its descriptor and the warnings. See
+/// `layercore.diff.from_diff`.
+#[allow(clippy::too_many_arguments)]
+#[pyfunction]
+#[pyo3(signature = (stack, upper, out, *, compression, level, threads, owner, source_date_epoch, compare))]
+fn diff_stack_dir<'py>(
+    py: Python<'py>,
+    stack: PyRef<'py, PyStackView>,
+    upper: PathBuf,
+    out: PathBuf,
+    compression: Option<&str>,
+    level: Option<i32>,
+    threads: Option<usize>,
+    owner: &str,
+    source_date_epoch: Option<i64>,
+    compare: &str,
+) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
+    let base = build_options(compression, level, source_date_epoch, owner, threads)?;
+    let options = diff_options(base, compare)?;
+    let view = stack.view().clone();
+    drop(stack);
     let d = detached(py, |check| {
-        diff::diff_dirs(&lower, &upper, &out, &options, check)
+        diff::diff_stack_dir(&view, &upper, &out, &options, check)
     })?;
     result(py, d)
 }
@@ -77,6 +111,7 @@ fn overlay_upper_to_layer<'py>(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(diff_dirs, m)?)?;
+    m.add_function(wrap_pyfunction!(diff_stack_dir, m)?)?;
     m.add_function(wrap_pyfunction!(overlay_upper_to_layer, m)?)?;
     Ok(())
 }

@@ -29,7 +29,7 @@ use crate::overlay::MergedView;
 /// was looked up, plus the entries looked up. `walk` does not intern (it would keep every
 /// entry of the stack alive as Python objects).
 #[pyclass(frozen, module = "layercore._core", name = "StackView")]
-struct PyStackView {
+pub(crate) struct PyStackView {
     view: Arc<MergedView>,
     interned: OnceLock<Box<[OnceLock<Py<PyEntry>>]>>,
 }
@@ -282,6 +282,12 @@ impl PyStackView {
 }
 
 impl PyStackView {
+    /// The merged view, for other bindings that work on a stack without extracting it
+    /// (`diff_stack_dir`).
+    pub(crate) fn view(&self) -> &Arc<MergedView> {
+        &self.view
+    }
+
     /// The interned `Entry` object of walk position `v`.
     fn interned_entry<'py>(&self, py: Python<'py>, v: usize) -> PyResult<Bound<'py, PyAny>> {
         let table = self.interned.get_or_init(|| {
