@@ -76,3 +76,32 @@ def tree_factory(tmp_path: Path) -> Callable[[str], Path]:
         return make_rich_tree(tmp_path / f"{name}-{next(counter)}")
 
     return make
+
+
+def nobody_python(work: Path) -> tuple[list[str], dict[str, str]]:
+    """A command prefix and environment that run Python as uid 65534 with layercore importable.
+
+    The package (with its built extension) is copied under ``work``, which the caller made
+    world-readable: wherever the checkout or the virtualenv lives (a private home directory,
+    say), the other user can then still import it. The system interpreter is preferred, being
+    readable by everyone; the extension is abi3, so any CPython >= 3.11 loads it.
+    """
+    import shutil
+    import sys
+
+    import layercore
+
+    package = Path(layercore.__file__).parent
+    site = work / "nobody-site"
+    shutil.copytree(package, site / "layercore", ignore=shutil.ignore_patterns("__pycache__"))
+    for dirpath, _dirnames, filenames in os.walk(site):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    python = next(
+        (p for p in ("/usr/bin/python3.11", "/usr/bin/python3") if os.access(p, os.X_OK)),
+        sys.executable,
+    )
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", python]
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(work)}
+    return prefix, env

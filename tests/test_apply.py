@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tarfile
 import tempfile
 import uuid
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import nobody_python
 from layercore import Layer
 from layercore.errors import (
     CorruptLayerError,
@@ -601,12 +601,13 @@ def nobody_dir() -> Iterator[Path]:
 
 def run_as_nobody(dest: Path, devices: str, blobs: list[Path]) -> list[dict[str, object]]:
     os.chown(dest, 65534, 65534)
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    prefix, env = nobody_python(dest.parent)
     result = subprocess.run(
-        [*nobody, sys.executable, "-c", CHILD, str(dest), devices, *map(str, blobs)],
+        [*prefix, "-c", CHILD, str(dest), devices, *map(str, blobs)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     reports: list[dict[str, object]] = json.loads(result.stdout)
     return reports

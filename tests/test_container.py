@@ -12,7 +12,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import nobody_python
 from layercore import Layer
 from layercore.container import Container
 from layercore.errors import SourceNotFoundError, UnsupportedEntryError
@@ -348,19 +348,9 @@ def test_non_root_container(form):
                 "from layercore.container import Container\n"
                 'c = Container(Stack(layers), os.path.join(work, "upper"), whiteouts="xattr")',
             ).replace('c.remove("top")\n', "")
-        python = shutil.which("python3.11", path="/usr/bin:/usr/local/bin") or sys.executable
-        env = {"PYTHONPATH": str(REPO / "python"), "PATH": "/usr/bin:/bin", "HOME": str(work)}
+        prefix, env = nobody_python(work)
         run = subprocess.run(
-            [
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                python,
-                "-c",
-                script,
-                str(work),
-            ],
+            [*prefix, "-c", script, str(work)],
             capture_output=True,
             text=True,
             env=env,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import layercore
+from conftest import nobody_python
 from layercore import Layer
 from layercore.errors import (
     CorruptLayerError,
@@ -425,22 +426,9 @@ def test_an_unreadable_file_names_the_file_and_leaves_nothing(tmp_path: Path) ->
         "    print(type(e).__name__, isinstance(e, PermissionError) or isinstance(e, OSError),"
         " e.path)\n"
     )
-    import sys
 
-    result = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            sys.executable,
-            "-c",
-            script,
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HOME": "/tmp"},
-    )
+    prefix, env = nobody_python(base)
+    result = subprocess.run([*prefix, "-c", script], capture_output=True, text=True, env=env)
     try:
         assert result.stdout.split() == ["LayerIOError", "True", str(src / "locked")], result.stderr
         assert list(out_dir.iterdir()) == []
