@@ -27,6 +27,15 @@ TAR_PIGZ = "tar | pigz -1"
 TAR_ZSTD = "tar | zstd -1 -T0"
 OPENSSL = "openssl dgst -sha256"
 SHA256_FILE = "layercore.sha256_file"
+# contenders of the changeset groups (benches/test_changeset.py)
+PY_FLATTEN = "pure-Python flatten"
+REF_FLATTEN = "reference.Stack.flatten"
+PY_INDEX = "pure-Python merged index"
+LC_LOOKUP = "layercore lookup"
+LC_LOOKUP_MANY = "layercore lookup_many"
+PY_DIFF = "pure-Python diff"
+FIND = "find -printf"
+TAR_X = "tar -xf"
 
 # groups in reading order; anything else follows, sorted
 GROUP_ORDER = [
@@ -41,8 +50,15 @@ GROUP_ORDER = [
     "sha256/big",
     "sha256-file/big",
     "threads-gzip-1/big",
+    "flatten/stack5",
+    "index/stack5",
+    "lookup/stack5",
+    "diff/small",
+    "extract/small",
 ]
 RSS_GROUP = "rss"
+# groups whose single entry carries RSS probes (extra_info["rss"]) instead of a timing
+RSS_GROUPS = (RSS_GROUP, "rss/stack5")
 RSS_LIMIT_MIB = 100.0
 
 PREAMBLE = """\
@@ -109,7 +125,7 @@ class Results:
         ]
 
     def groups(self) -> list[str]:
-        present = {b.group for b in self.benches if b.group != RSS_GROUP}
+        present = {b.group for b in self.benches if b.group not in RSS_GROUPS}
         ordered = [g for g in GROUP_ORDER if g in present]
         return ordered + sorted(present - set(ordered))
 
@@ -124,10 +140,21 @@ class Results:
         return next((b for b in self.benches if b.group == group and b.subject), None)
 
     def rss(self) -> list[dict[str, Any]]:
-        for b in self.benches:
-            if b.group == RSS_GROUP:
-                return list(b.info.get("rss") or [])
-        return []
+        """The probes of every RSS group, each probe name once (the import baselines recur)."""
+        probes: dict[str, dict[str, Any]] = {}
+        for group in RSS_GROUPS:
+            for b in self.benches:
+                if b.group == group:
+                    for p in b.info.get("rss") or []:
+                        probes.setdefault(str(p["name"]), p)
+        return list(probes.values())
+
+    def rate(self, group: str, tool: str, key: str) -> float | None:
+        """``extra_info[key]`` per second of the median time (e.g. lookups per second)."""
+        b = self.get(group, tool)
+        if b is None or b.median <= 0 or b.info.get(key) is None:
+            return None
+        return float(b.info[key]) / b.median
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,6 +428,7 @@ def targets(res: Results) -> list[Target]:
             r is not None and r >= 1,
             fmt_ratio(r),
         )
+    changeset_targets(res, add)
     lc_probes = [p for p in res.rss() if p.get("tool") == LC and p.get("tree")]
     if lc_probes:
         for p in lc_probes:
@@ -416,6 +444,80 @@ def targets(res: Results) -> list[Target]:
     else:
         add("peak RSS, layercore builds", "small, big", "< 100 MiB", None, False, "")
     return out
+
+
+def _fmt_rate(per_s: float) -> str:
+    return f"{per_s / 1e6:.2f} M/s" if per_s >= 1e6 else f"{per_s / 1e3:.0f} k/s"
+
+
+def changeset_targets(res: Results, add: Any) -> None:
+    """The changeset engine's targets (groups of benches/test_changeset.py)."""
+    # the pure-Python twin when it was measured, else the tarfile flatten of the benchmark
+    baseline = REF_FLATTEN if res.get("flatten/stack5", REF_FLATTEN) else PY_FLATTEN
+    r = _speedup(res, "flatten/stack5", baseline)
+    add(
+        f"flatten (gzip-1) vs {baseline}",
+        "stack5",
+        "≥ 10x faster",
+        r,
+        r is not None and r >= 10,
+        fmt_ratio(r, 1),
+    )
+    r = _speedup(res, "index/stack5", PY_INDEX)
+    add(
+        "merged index (`Stack(layers)`, no cached index) vs pure-Python index",
+        "stack5",
+        "≥ 10x faster",
+        r,
+        r is not None and r >= 10,
+        fmt_ratio(r, 1),
+    )
+    v = res.rate("lookup/stack5", LC_LOOKUP, "lookups")
+    add(
+        "`stack.lookup(p)` in a Python loop (half hits, half misses)",
+        "stack5",
+        "≥ 1,000,000 lookups/s",
+        v,
+        v is not None and v >= 1e6,
+        _fmt_rate(v) if v is not None else "",
+    )
+    v = res.rate("lookup/stack5", LC_LOOKUP_MANY, "lookups")
+    add(
+        "`stack.lookup_many(paths)` (half hits, half misses)",
+        "stack5",
+        "≥ 5,000,000 lookups/s",
+        v,
+        v is not None and v >= 5e6,
+        _fmt_rate(v) if v is not None else "",
+    )
+    r = _speedup(res, "diff/small", PY_DIFF)
+    add(
+        "`Layer.from_diff` (plain tar) vs pure-Python diff",
+        "small → small-b",
+        "≥ 8x faster",
+        r,
+        r is not None and r >= 8,
+        fmt_ratio(r, 1),
+    )
+    r = _speedup(res, "diff/small", FIND)
+    t = None if r is None or r <= 0 else 1 / r  # layercore's time in units of find's
+    add(
+        "`Layer.from_diff` time vs `find A B -printf` (metadata walk only)",
+        "small → small-b",
+        "≤ 2x find's time",
+        t,
+        t is not None and t <= 2,
+        f"{t:.2f}x find's time" if t is not None else "",
+    )
+    r = _speedup(res, "extract/small", TAR_X)
+    add(
+        "extract (`Stack([layer]).extract`) vs `tar -xf`",
+        "small",
+        "no slower (≥ 1x)",
+        r,
+        r is not None and r >= 1,
+        fmt_ratio(r),
+    )
 
 
 def targets_section(res: Results) -> list[str]:

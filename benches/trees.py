@@ -371,6 +371,213 @@ def _gen_stdlib(root: Path, p: dict[str, Any]) -> None:
 _GENERATORS = {"small": _gen_small, "big": _gen_big, "stdlib": _gen_stdlib}
 
 
+# --------------------------------------------------------------------------------------------
+# changeset benchmarks: `small-b` (a changed copy of `small`) and `stack5` (five layer blobs)
+
+# Bump when the changeset generators change what they write (independent of GENERATOR_VERSION,
+# so the trees above stay valid).
+CHANGESET_GENERATOR_VERSION = 3
+
+
+def _changeset_params(name: str) -> dict[str, Any]:
+    smoke = smoke_mode()
+    if name == "small-b":
+        return {"base": _params("small"), "changed": 0.10}
+    if name == "stack5":
+        base = (
+            {"files": 40, "total": 200_000, "dirs": 6, "symlinks": 4, "hardlinks": 4}
+            if smoke
+            else {
+                "files": 10_000,
+                "total": 50_000_000,
+                "dirs": 200,
+                "symlinks": 250,
+                "hardlinks": 250,
+            }
+        )
+        return {"base": base, "change_layers": 4, "replaced_dirs": 1 if smoke else 6}
+    raise KeyError(f"unknown changeset tree {name!r} (known: small-b, stack5)")
+
+
+@dataclass(frozen=True)
+class StackTree:
+    """The five layer blobs of ``stack5`` (bottom first) and the stats of the merged tree."""
+
+    tree: Tree  # path: the directory holding the blobs; stats: the final (merged) tree
+    layers: tuple[Path, ...]
+
+
+def get_changed_small() -> Tree:
+    """``small-b``: a copy of ``small`` with ~10 % of its entries changed (for ``diff/small``)."""
+    params = _changeset_params("small-b")
+    small = get_tree("small")
+    stats = _cached("small-b", params, lambda partial: _gen_small_b(small.path, partial))
+    return Tree(name="small-b", path=cache_dir() / "small-b", **stats)
+
+
+def get_stack5() -> StackTree:
+    """``stack5``: a gzip layer of a ~10,000-file tree and four gzip changeset layers above it."""
+    params = _changeset_params("stack5")
+    stats = _cached("stack5", params, lambda partial: _gen_stack5(partial, params))
+    path = cache_dir() / "stack5"
+    layers = tuple(path / f"layer-{i}.tar.gz" for i in range(1 + int(params["change_layers"])))
+    return StackTree(Tree(name="stack5", path=path, **stats), layers)
+
+
+def _cached(name: str, params: dict[str, Any], generate: Any) -> dict[str, int]:
+    """Like :func:`get_tree`: reuse ``<name>`` if its marker matches, else regenerate it.
+
+    ``generate(partial)`` fills the directory ``partial`` and returns the stats to record.
+    """
+    base = cache_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / name
+    marker = base / f"{name}.json"
+    with _lock(base / f".{name}.lock"):
+        cached = _read_marker(marker)
+        if (
+            cached is not None
+            and cached.get("generator") == CHANGESET_GENERATOR_VERSION
+            and cached.get("params") == params
+            and path.is_dir()
+        ):
+            return dict(cached["stats"])
+        marker.unlink(missing_ok=True)
+        partial = base / f"{name}.partial"
+        for stale in (path, partial):
+            if stale.exists() or stale.is_symlink():
+                shutil.rmtree(stale)
+        print(f"\n[layercore benches] generating {name!r} in {path} ...", file=sys.stderr)
+        stats: dict[str, int] = generate(partial)
+        partial.rename(path)
+        tmp_marker = marker.with_suffix(".json.tmp")
+        tmp_marker.write_text(
+            json.dumps(
+                {"generator": CHANGESET_GENERATOR_VERSION, "params": params, "stats": stats},
+                indent=1,
+            )
+        )
+        tmp_marker.rename(marker)
+        return stats
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """``cp -a``: keeps hardlinks, symlinks, modes and mtimes (shutil.copytree splits links)."""
+    import subprocess
+
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+
+
+def _mutate(root: Path, rng: random.Random, fraction: float, replaced_dirs: int, tag: str) -> None:
+    """Change about ``fraction`` of the entries below ``root``, deterministically: modify,
+    delete, add and chmod files, turn files into symlinks and replace whole leaf directories
+    (deleted and re-created with new contents). Directory mtimes are restored afterwards, new
+    ones get fixed mtimes, so the result depends only on the seed."""
+    dirs: list[Path] = []
+    others: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in dirnames:  # os.walk lists symlinks to directories as directories
+            (others if os.path.islink(os.path.join(dirpath, name)) else dirs).append(
+                Path(dirpath) / name
+            )
+        others += [Path(dirpath) / f for f in sorted(filenames)]
+    dir_mtimes = {d: os.lstat(d).st_mtime_ns for d in [root, *dirs]}
+    mtime = BASE_MTIME + 20_000_000 + rng.randrange(1_000_000)
+    text = _text_pool(rng, 256 * KiB)
+
+    def body(size: int) -> bytes:
+        if rng.random() < 0.5:
+            off = rng.randrange(0, len(text) - size + 1)
+            return text[off : off + size]
+        return rng.randbytes(size)
+
+    # directories replaced whole: deleted with everything below, re-created with new files
+    replaced: list[Path] = []
+    # only leaf directories, so a replacement near the root does not wipe out half the tree
+    leaves = [d for d in dirs if not any(d in o.parents for o in dirs)]
+    for d in rng.sample(leaves, min(replaced_dirs, len(leaves))):
+        if any(d == r or r in d.parents or d in r.parents for r in replaced):
+            continue
+        shutil.rmtree(d)
+        d.mkdir()
+        for i in range(rng.randint(2, 6)):
+            f = d / f"new-{tag}-{i}.txt"
+            f.write_bytes(body(rng.randint(0, 20 * KiB)))
+            os.utime(f, (mtime, mtime))
+        os.utime(d, (mtime, mtime))
+        replaced.append(d)
+
+    def alive(p: Path) -> bool:
+        return not any(r in p.parents for r in replaced) and os.path.lexists(p)
+
+    candidates = [p for p in others if alive(p)]
+    n = max(1, int(len(candidates) * fraction))
+    picked = rng.sample(candidates, min(len(candidates), n))
+    live_dirs = [d for d in [root, *dirs] if d.is_dir() and not d.is_symlink()]
+    for i, p in enumerate(picked):
+        if not os.path.lexists(p):
+            continue
+        r = rng.random()
+        if r < 0.35 and p.is_file() and not p.is_symlink():  # modify in place (keeps hardlinks)
+            with open(p, "r+b") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.truncate(0)
+                f.write(body(min(size, len(text)) if size else rng.randint(1, 4 * KiB)))
+            os.utime(p, (mtime, mtime + i))
+        elif r < 0.60:  # delete
+            p.unlink()
+        elif r < 0.70 and p.is_file() and not p.is_symlink():  # chmod
+            os.chmod(p, 0o600 if (p.stat().st_mode & 0o777) != 0o600 else 0o644)
+        elif r < 0.75:  # a file becomes a symlink
+            p.unlink()
+            os.symlink(f"../target-{tag}-{i}", p)
+            os.utime(p, (mtime, mtime), follow_symlinks=False)
+        else:  # a new file next to a random directory's contents
+            f = rng.choice(live_dirs) / f"added-{tag}-{i}.dat"
+            f.write_bytes(body(rng.randint(0, 30 * KiB)))
+            os.utime(f, (mtime, mtime + i))
+    for dirpath, dirnames, _ in os.walk(root, topdown=False):
+        for d in [Path(dirpath) / n for n in dirnames]:
+            if d.is_symlink():
+                continue
+            ns = dir_mtimes.get(d)
+            if d in replaced or ns is None:
+                os.utime(d, (mtime, mtime))
+            else:
+                os.utime(d, ns=(ns, ns))
+    os.utime(root, ns=(dir_mtimes[root], dir_mtimes[root]))
+
+
+def _gen_small_b(small: Path, partial: Path) -> dict[str, int]:
+    _copy_tree(small, partial)
+    params = _changeset_params("small-b")
+    _mutate(partial, random.Random(SEED + 100), float(params["changed"]), 3, "b")
+    return _stats(partial)
+
+
+def _gen_stack5(partial: Path, p: dict[str, Any]) -> dict[str, int]:
+    import layercore  # only the changeset trees need the extension
+
+    partial.mkdir(parents=True)
+    work = partial / "states"
+    prev = work / "state-0"
+    _gen_small(prev, dict(p["base"]))
+    layercore.Layer.from_dir(prev, partial / "layer-0.tar.gz", compression="gzip", level=1)
+    for k in range(1, 1 + int(p["change_layers"])):
+        nxt = work / f"state-{k}"
+        _copy_tree(prev, nxt)
+        _mutate(nxt, random.Random(SEED + 10 + k), 0.04, int(p["replaced_dirs"]), f"l{k}")
+        layercore.Layer.from_diff(
+            prev, nxt, partial / f"layer-{k}.tar.gz", compression="gzip", level=1
+        )
+        shutil.rmtree(prev)
+        prev = nxt
+    stats = _stats(prev)
+    shutil.rmtree(work)
+    return stats
+
+
 if __name__ == "__main__":
     # `python benches/trees.py [NAME...]`: generate (or confirm) the trees and print their stats.
     for tree_name in sys.argv[1:] or TREE_NAMES:
