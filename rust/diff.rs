@@ -127,7 +127,7 @@ pub fn diff_dirs(
 ) -> Result<LayerDescriptor> {
     require_dir(lower)?;
     require_dir(upper)?;
-    let mut writer = LayerWriter::create(out, options.compression, options.level, options.threads)?;
+    let writer = LayerWriter::create(out, options.compression, options.level, options.threads)?;
     let exclude = Some(writer.temp_identity()?);
     let compare = options.compare;
     let owner = options.owner;
@@ -165,10 +165,7 @@ pub fn diff_dirs(
         strip_overlay: false,
         source_date_epoch: options.source_date_epoch,
     };
-    source.write(&plan, &mut writer, check)?;
-    let mut descriptor = writer.finish()?;
-    descriptor.warnings = upper_tree.warnings;
-    Ok(descriptor)
+    source.finish(&plan, writer, check)
 }
 
 /// [`diff_dirs`] with a stack of layers as the lower tree, read from its merged view instead of
@@ -196,7 +193,7 @@ pub fn diff_stack_dir(
     check: &(dyn Fn() -> Result<()> + Sync),
 ) -> Result<LayerDescriptor> {
     require_dir(upper)?;
-    let mut writer = LayerWriter::create(out, options.compression, options.level, options.threads)?;
+    let writer = LayerWriter::create(out, options.compression, options.level, options.threads)?;
     let exclude = Some(writer.temp_identity()?);
     let compare = options.compare;
     let owner = options.owner;
@@ -212,10 +209,7 @@ pub fn diff_stack_dir(
         strip_overlay: false,
         source_date_epoch: options.source_date_epoch,
     };
-    source.write(&plan, &mut writer, check)?;
-    let mut descriptor = writer.finish()?;
-    descriptor.warnings = upper_tree.warnings;
-    Ok(descriptor)
+    source.finish(&plan, writer, check)
 }
 
 /// Writes an overlayfs upper directory as a layer at `out`, as `docker commit` does on overlay2.
@@ -239,7 +233,7 @@ pub fn from_overlay_upper(
     check: &(dyn Fn() -> Result<()> + Sync),
 ) -> Result<LayerDescriptor> {
     require_dir(upper)?;
-    let mut writer = LayerWriter::create(out, options.compression, options.level, options.threads)?;
+    let writer = LayerWriter::create(out, options.compression, options.level, options.threads)?;
     let exclude = Some(writer.temp_identity()?);
     let owner = options.owner;
     let (tree, plan) = polled(upper, check, |stop| {
@@ -253,10 +247,7 @@ pub fn from_overlay_upper(
         strip_overlay: true,
         source_date_epoch: options.source_date_epoch,
     };
-    source.write(&plan, &mut writer, check)?;
-    let mut descriptor = writer.finish()?;
-    descriptor.warnings = tree.warnings;
-    Ok(descriptor)
+    source.finish(&plan, writer, check)
 }
 
 /// Stack for threads that recurse along the tree depth (the walk, the plan), as for the walk
@@ -1452,6 +1443,20 @@ struct Emitter<'a> {
 }
 
 impl<'a> Emitter<'a> {
+    /// Writes the plan, finishes the blob, and hands back its descriptor with the walk's
+    /// warnings.
+    fn finish(
+        &self,
+        plan: &[Item],
+        mut writer: LayerWriter,
+        check: &(dyn Fn() -> Result<()> + Sync),
+    ) -> Result<LayerDescriptor> {
+        self.write(plan, &mut writer, check)?;
+        let mut descriptor = writer.finish()?;
+        descriptor.warnings = self.tree.warnings.clone();
+        Ok(descriptor)
+    }
+
     fn write(
         &self,
         plan: &[Item],
