@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS := tar pigz zstd openssl libarchive-tools busybox-static attr
+DEBS := tar pigz zstd openssl libarchive-tools busybox-static attr umoci libcap2-bin util-linux
 SRC_RS := $(shell find rust -name '*.rs') Cargo.toml Cargo.lock
 
 .PHONY: demo test bench build venv debs lint rust-test py-test bench-smoke clean
