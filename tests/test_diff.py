@@ -769,14 +769,14 @@ def build_spec(root: Path, spec: list[tuple[str, str, str]]) -> None:
     freeze(root)
 
 
-def mutate(root: Path, mutations: list[tuple[str, str, str]]) -> None:
+def mutate(root: Path, mutations: list[tuple[str, str, str]], t: int = T1) -> None:
     for k, (op, rel, payload) in enumerate(mutations):
         if not real_parent(root, rel):
             continue
         p = root / rel
         exists = p.exists() or p.is_symlink()
         is_dir = p.is_dir() and not p.is_symlink()
-        mtime = T1 + k
+        mtime = t + k
         if op == "delete" and exists:
             remove(p)
         elif op == "write" and not is_dir:

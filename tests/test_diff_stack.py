@@ -13,7 +13,6 @@ import itertools
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -25,46 +24,23 @@ from hypothesis import strategies as st
 from layercore import Layer
 from layercore.diff import CompareMode
 from layercore.stack import Stack
+from test_diff import (
+    PATHS,
+    T0,
+    T1,
+    Snapshot,
+    copy_tree,
+    freeze,
+    listing,
+    mutate,
+    put,
+    remove,
+)
 
-T0 = 1_600_000_000  # mtime of everything in the base trees
-T1 = 1_650_000_000  # a later mtime for modifications
 _TAGS = itertools.count()
 
 
 # --- building and comparing trees --------------------------------------------------------------
-
-
-def put(root: Path, rel: str, data: str = "", *, mode: int = 0o644, mtime: int = T0) -> Path:
-    p = root / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    remove(p)
-    p.write_bytes(data.encode())
-    os.chmod(p, mode)
-    os.utime(p, (mtime, mtime))
-    return p
-
-
-def remove(p: Path) -> None:
-    if p.is_symlink():
-        p.unlink()
-    elif p.is_dir():
-        shutil.rmtree(p)
-    elif p.exists():
-        p.unlink()
-
-
-def freeze(root: Path, mtime: int = T0) -> None:
-    """Gives every directory below ``root`` (and root) the same whole-second mtime."""
-    for dirpath, _dirs, _files in os.walk(root, topdown=False):
-        os.utime(dirpath, (mtime, mtime))
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
-    return dst
-
-
-Snapshot = tuple[dict[str, tuple[object, ...]], list[tuple[str, ...]]]
 
 
 def snapshot(root: Path) -> Snapshot:
@@ -100,10 +76,6 @@ def snapshot(root: Path) -> Snapshot:
             )
     links = sorted(tuple(sorted(v)) for v in inodes.values() if len(v) > 1)
     return entries, links
-
-
-def listing(layer: Layer) -> list[tuple[str, str]]:
-    return [(e.path, e.kind) for e in layer.entries()]
 
 
 def full_listing(layer: Layer) -> list[tuple[object, ...]]:
@@ -372,69 +344,8 @@ def test_a_missing_upper_fails_and_writes_nothing(tmp_path: Path, layered: Stack
 # --- property: random stacks and random mutations ----------------------------------------------
 
 NAMES = st.sampled_from(["a", "b", "c", "a-b", "d.d"])
-PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)
 OPS = st.sampled_from(["delete", "write", "chmod", "touch", "mkdir", "symlink", "link", "recreate"])
 MUTATIONS = st.lists(st.tuples(OPS, PATHS, st.text(alphabet="pq", max_size=5)), max_size=8)
-
-
-def real_parent(root: Path, rel: str) -> bool:
-    p = root
-    for part in rel.split("/")[:-1]:
-        p = p / part
-        if p.is_symlink() or (p.exists() and not p.is_dir()):
-            return False
-    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    return True
-
-
-def regular_files(root: Path) -> list[Path]:
-    found = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            q = Path(dirpath) / name
-            if q.is_file() and not q.is_symlink():
-                found.append(q)
-    return sorted(found)
-
-
-def mutate(root: Path, mutations: list[tuple[str, str, str]], t: int) -> None:
-    for k, (op, rel, payload) in enumerate(mutations):
-        if not real_parent(root, rel):
-            continue
-        p = root / rel
-        exists = p.exists() or p.is_symlink()
-        is_dir = p.is_dir() and not p.is_symlink()
-        mtime = t + k
-        if op == "delete" and exists:
-            remove(p)
-        elif op == "write" and not is_dir:
-            if p.is_symlink():
-                p.unlink()
-            if p.exists():
-                with open(p, "r+b") as f:  # in place: every hardlinked name sees it
-                    f.truncate(0)
-                    f.write(payload.encode() + b"!")
-                os.utime(p, (mtime, mtime))
-            else:
-                put(root, rel, payload, mtime=mtime)
-        elif op == "chmod" and exists and not p.is_symlink():
-            os.chmod(p, 0o700 if is_dir else 0o600)
-        elif op == "touch" and exists:
-            os.utime(p, (mtime, mtime), follow_symlinks=False)
-        elif op == "mkdir":
-            remove(p)
-            p.mkdir()
-        elif op == "symlink":
-            remove(p)
-            os.symlink(payload or "target", p)
-        elif op == "link" and not exists:
-            files = regular_files(root)
-            if files:
-                os.link(files[len(payload) % len(files)], p)
-        elif op == "recreate" and is_dir:
-            shutil.rmtree(p)
-            p.mkdir()
-            put(root, rel + "/new", payload, mtime=mtime)
 
 
 @settings(

@@ -6,22 +6,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::stack::PyStackView;
-use super::{build_options, descriptor, detached, to_pyerr};
-use crate::blob_writer::LayerDescriptor;
+use super::{build_options, built, detached, to_pyerr};
 use crate::diff::{self, Compare, DiffOptions};
 use crate::writer::BuildOptions;
-
-fn result<'py>(py: Python<'py>, d: LayerDescriptor) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
-    let dict = descriptor(
-        py,
-        d.compression,
-        &d.digest,
-        &d.diff_id,
-        d.size,
-        d.uncompressed_size,
-    )?;
-    Ok((dict, d.warnings))
-}
 
 /// Writes the changeset from the tree `lower` to the tree `upper` as a layer at `out`; returns
 /// its descriptor and the warnings (skipped sockets). See `layercore.diff.from_diff`.
@@ -45,7 +32,7 @@ fn diff_dirs<'py>(
     let d = detached(py, |check| {
         diff::diff_dirs(&lower, &upper, &out, &options, check)
     })?;
-    result(py, d)
+    built(py, d)
 }
 
 fn diff_options(base: BuildOptions, compare: &str) -> PyResult<DiffOptions> {
@@ -84,7 +71,7 @@ fn diff_stack_dir<'py>(
     let d = detached(py, |check| {
         diff::diff_stack_dir(&view, &upper, &out, &options, check)
     })?;
-    result(py, d)
+    built(py, d)
 }
 
 /// Writes an overlayfs upper directory as a layer at `out` (whiteout devices and opaque
@@ -106,7 +93,7 @@ fn overlay_upper_to_layer<'py>(
     let d = detached(py, |check| {
         diff::from_overlay_upper(&upper, &out, &options, check)
     })?;
-    result(py, d)
+    built(py, d)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

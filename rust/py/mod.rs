@@ -96,6 +96,14 @@ fn build_layer_from_dir<'py>(
     let d = detached(py, |check| {
         writer::build_from_dir(&src, &out, &options, check)
     })?;
+    built(py, d)
+}
+
+/// What every layer-producing call returns to Python: the descriptor dict and the warnings.
+pub(crate) fn built<'py>(
+    py: Python<'py>,
+    d: crate::blob_writer::LayerDescriptor,
+) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
     let dict = descriptor(
         py,
         d.compression,
