@@ -217,8 +217,8 @@ pub fn diff_stack_dir(
 /// A character device 0/0 is a whiteout of its name (`DIR/.wh.NAME`); a directory whose
 /// `trusted.overlay.opaque` or `user.overlay.opaque` is `y` is written followed by
 /// `DIR/.wh..wh..opq`; in a directory marked for "xwhiteouts" (opaque `x`, or Linux 6.7's
-/// `overlay.whiteouts`), an empty regular file with an `overlay.whiteout` xattr is a whiteout
-/// too. The overlay's own xattrs
+/// `overlay.whiteouts`; the upper root included), an empty regular file with an
+/// `overlay.whiteout` xattr is a whiteout too. The overlay's own xattrs
 /// (`trusted.overlay.*`, `user.overlay.*`) are not copied. Everything else is written as
 /// [`crate::writer::build_from_dir`] writes it, in the same canonical order with each
 /// directory's whiteouts first.
@@ -1370,8 +1370,17 @@ fn is_overlay_xattr(name: &str) -> bool {
 /// their directory, each directory's whiteouts before its other children.
 fn overlay_plan(tree: &Tree) -> Result<Vec<Item>> {
     let mut plan = Vec::with_capacity(tree.nodes.len());
-    overlay_dir(tree, None, false, &mut plan)?;
+    // The upper root is marked for xwhiteouts like any directory (the kernel reads the
+    // layer root's mark too), so top-level paths can be deleted in that form.
+    let root = read_xattrs(XattrTarget::Path(&tree.root), || tree.root.clone())?;
+    overlay_dir(tree, None, marks_xwhiteouts(&root), &mut plan)?;
     Ok(plan)
+}
+
+/// Whether a directory with these xattrs may hold xwhiteouts: Linux 6.7 marked such
+/// directories with `overlay.whiteouts`, 6.8+ with `overlay.opaque=x`.
+fn marks_xwhiteouts(xattrs: &[(String, Vec<u8>)]) -> bool {
+    overlay_xattr(xattrs, "opaque") == Some(b"x") || overlay_xattr(xattrs, "whiteouts").is_some()
 }
 
 fn overlay_dir(
@@ -1420,14 +1429,10 @@ fn overlay_dir(
                         .into(),
                 });
             }
-            let opaque = overlay_xattr(&node.xattrs, "opaque");
-            if opaque == Some(b"y") {
+            if overlay_xattr(&node.xattrs, "opaque") == Some(b"y") {
                 plan.push(Item::Opaque(c));
             }
-            // Linux 6.7 marked such directories with overlay.whiteouts, 6.8+ with opaque=x.
-            let xwhiteouts =
-                opaque == Some(b"x") || overlay_xattr(&node.xattrs, "whiteouts").is_some();
-            overlay_dir(tree, Some(c), xwhiteouts, plan)?;
+            overlay_dir(tree, Some(c), marks_xwhiteouts(&node.xattrs), plan)?;
         }
     }
     Ok(())
@@ -1811,6 +1816,78 @@ mod tests {
         assert_eq!(got, expected);
         let first = EntryIter::open(&out).unwrap().next().unwrap().unwrap();
         assert!(first.xattrs.is_empty(), "overlay xattrs are not copied");
+    }
+
+    #[test]
+    fn overlay_upper_xwhiteouts_count_at_the_root_when_it_is_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let upper = dir.path().join("upper");
+        write(&upper, "gone", "", 1000);
+        write(&upper, "d/gone", "", 1000);
+        write(&upper, "empty", "", 1000);
+        freeze(&upper, 1000);
+        let set = |p: &Path, k: &str, v: &[u8]| {
+            let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+            let k = CString::new(k).unwrap();
+            // SAFETY: valid C strings and buffer.
+            let rc =
+                unsafe { libc::lsetxattr(c.as_ptr(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+            rc == 0
+        };
+        if !set(&upper.join("gone"), "user.overlay.whiteout", b"y") {
+            return; // a filesystem without user xattrs
+        }
+        assert!(set(&upper.join("d/gone"), "user.overlay.whiteout", b"y"));
+        assert!(set(&upper.join("d"), "user.overlay.opaque", b"x"));
+        let options = BuildOptions {
+            compression: Compression::None,
+            source_date_epoch: Some(500),
+            ..BuildOptions::default()
+        };
+        let kinds = |out: &Path| -> Vec<(String, &'static str)> {
+            listing(out).into_iter().map(|(p, k, _)| (p, k)).collect()
+        };
+        let owned = |v: &[(&str, &'static str)]| -> Vec<(String, &'static str)> {
+            v.iter().map(|(p, k)| (p.to_string(), *k)).collect()
+        };
+        // An unmarked root: its empty files are files, whatever their xattrs.
+        let out = dir.path().join("unmarked.tar");
+        from_overlay_upper(&upper, &out, &options, &no_check).unwrap();
+        assert_eq!(
+            kinds(&out),
+            owned(&[
+                ("d", "dir"),
+                ("d/.wh.gone", "whiteout"),
+                ("empty", "file"),
+                ("gone", "file")
+            ])
+        );
+        // Marked (6.7's overlay.whiteouts or 6.8's opaque=x): `gone` is a whiteout; `empty`,
+        // without the whiteout xattr, stays a file.
+        for (name, value) in [
+            ("user.overlay.whiteouts", &b"y"[..]),
+            ("user.overlay.opaque", b"x"),
+        ] {
+            let c = CString::new(upper.as_os_str().as_bytes()).unwrap();
+            for old in ["user.overlay.whiteouts", "user.overlay.opaque"] {
+                let k = CString::new(old).unwrap();
+                // SAFETY: valid C strings.
+                unsafe { libc::lremovexattr(c.as_ptr(), k.as_ptr()) };
+            }
+            assert!(set(&upper, name, value));
+            let out = dir.path().join("marked.tar");
+            from_overlay_upper(&upper, &out, &options, &no_check).unwrap();
+            assert_eq!(
+                kinds(&out),
+                owned(&[
+                    (".wh.gone", "whiteout"),
+                    ("d", "dir"),
+                    ("d/.wh.gone", "whiteout"),
+                    ("empty", "file")
+                ]),
+                "{name}"
+            );
+        }
     }
 
     #[test]

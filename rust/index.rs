@@ -2,9 +2,10 @@
 //! merged view ([`crate::overlay`]) needs: path → entry, whiteout targets, opaque directories.
 //!
 //! An index is built once per blob by streaming its entries (nothing of the file bodies is kept,
-//! only their offsets in the uncompressed tar), and can be cached beside the blob in a small
-//! binary file (`<blob>.lcidx`) that records the blob's size, mtime and inode, so an index whose
-//! blob was rewritten is noticed and rebuilt instead of trusted.
+//! only their offsets in the uncompressed tar), and can be cached in a small binary file
+//! (`<blob>.lcidx` beside the blob, or `<blob file name>.lcidx` in an index directory) that
+//! records the blob's size, mtime and inode, so an index whose blob was rewritten is noticed
+//! and rebuilt instead of trusted.
 //!
 //! Layer-local rules decided here, once, so every reader of the index sees the same layer:
 //!
@@ -18,7 +19,10 @@
 //! * A parent directory that the layer does not carry but that one of its (visible) entries
 //!   needs is an *implied* directory (mode 0755, owner 0:0, mtime 0), as `tar -x` would create
 //!   it. Implied directories let lower attributes show through (see [`crate::overlay`]).
-//!   Whiteouts and opaque markers imply nothing: they only speak about lower layers.
+//!   The parents of whiteouts and opaque markers are implied the same way (`a/.wh.x` with no
+//!   `a` entry makes `a` a directory of the layer), as flatten writes them and apply (ours and
+//!   containerd's) creates them. A marker under a same-layer non-directory or a `.wh.` name
+//!   implies nothing, like any shadowed entry.
 //! * Entry paths with a `..` component are rejected: the merged view of a hostile layer would
 //!   otherwise name things outside its root.
 
@@ -162,16 +166,22 @@ impl LayerIndex {
         Self::assemble(blob.to_path_buf(), stamp, info, entries)
     }
 
-    /// Loads the cached index of `blob` if there is a fresh one, else builds it; with `save`,
-    /// a built index is written to [`LayerIndex::index_path`]. A damaged, foreign-version or
-    /// stale index file is rebuilt (and, with `save`, overwritten), never trusted.
-    pub fn open(blob: &Path, save: bool) -> Result<LayerIndex> {
-        Self::open_cancellable(blob, save, &AtomicBool::new(false))
+    /// Loads the cached index of `blob` (at [`LayerIndex::index_path`] for `index_dir`) if
+    /// there is a fresh one, else builds it; with `save`, a built index is written there. A
+    /// damaged, foreign-version or stale index file is rebuilt (and, with `save`,
+    /// overwritten), never trusted.
+    pub fn open(blob: &Path, index_dir: Option<&Path>, save: bool) -> Result<LayerIndex> {
+        Self::open_cancellable(blob, index_dir, save, &AtomicBool::new(false))
     }
 
     /// [`LayerIndex::open`], giving up with [`Error::Interrupted`] soon after `cancel` is set.
-    pub fn open_cancellable(blob: &Path, save: bool, cancel: &AtomicBool) -> Result<LayerIndex> {
-        let cached = Self::index_path(blob);
+    pub fn open_cancellable(
+        blob: &Path,
+        index_dir: Option<&Path>,
+        save: bool,
+        cancel: &AtomicBool,
+    ) -> Result<LayerIndex> {
+        let cached = Self::index_path(blob, index_dir);
         // Missing, stale, unreadable or damaged: the cache is only a cache, rebuild it.
         if let Ok(Some(index)) = Self::load(&cached, blob) {
             return Ok(index);
@@ -183,9 +193,16 @@ impl LayerIndex {
         Ok(index)
     }
 
-    /// Where the cached index of `blob` lives: `<blob>.lcidx`, beside it.
-    pub fn index_path(blob: &Path) -> PathBuf {
-        let mut name = blob.as_os_str().to_owned();
+    /// Where the cached index of `blob` lives: `<blob>.lcidx` beside it, or with an
+    /// `index_dir`, `<index_dir>/<blob file name>.lcidx` (so that a directory of blobs, such
+    /// as an OCI layout's `blobs/sha256`, holds nothing else). Blobs sharing one `index_dir`
+    /// need distinct file names (content-addressed blobs have them); the stamp check keeps an
+    /// index of another blob from being used all the same.
+    pub fn index_path(blob: &Path, index_dir: Option<&Path>) -> PathBuf {
+        let mut name = match (index_dir, blob.file_name()) {
+            (Some(dir), Some(file)) => dir.join(file).into_os_string(),
+            _ => blob.as_os_str().to_owned(),
+        };
         name.push(INDEX_SUFFIX);
         PathBuf::from(name)
     }
@@ -362,13 +379,15 @@ impl LayerIndex {
         Ok(entry.size)
     }
 
-    /// Writes the index to `path` (atomically: a temp file beside it, renamed into place).
+    /// Writes the index to `path` (atomically: a temp file beside it, renamed into place),
+    /// creating its directory if missing.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.encode();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, "cannot create the directory", e))?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".lcidx-")
             .tempfile_in(dir)
@@ -446,19 +465,24 @@ impl LayerIndex {
         let archive_len = entries.len();
 
         // One walk up the ancestors of each entry (the last one of its path, in archive
-        // order) decides whether it is visible and which parents it implies. Shadowed: a
-        // component named `.wh.*`, or a non-directory ancestor in this layer.
+        // order; every whiteout and opaque marker) decides whether it is visible and which
+        // parents it implies. Shadowed: a component named `.wh.*` (for a marker, one of its
+        // parent's), or a non-directory ancestor in this layer. A marker itself is never
+        // visible, but its parents are directories of the layer, as flatten writes them.
         let mut order: Vec<u32> = Vec::with_capacity(archive_len);
         let mut missing: Vec<Vec<u8>> = Vec::new();
         for i in 0..archive_len {
             let entry = &entries[i];
-            if matches!(entry.kind, EntryKind::Whiteout | EntryKind::Opaque)
-                || slots.get(entry.path.as_slice()).map(|s| s.entry) != Some(i as u32)
-            {
+            let marker = matches!(entry.kind, EntryKind::Whiteout | EntryKind::Opaque);
+            if !marker && slots.get(entry.path.as_slice()).map(|s| s.entry) != Some(i as u32) {
                 continue;
             }
-            let mut hidden = entry
-                .path
+            let named = if marker {
+                split_parent(&entry.path).0
+            } else {
+                &entry.path
+            };
+            let mut hidden = named
                 .split(|&b| b == b'/')
                 .any(|part| part.starts_with(WHITEOUT_PREFIX));
             missing.clear();
@@ -473,12 +497,16 @@ impl LayerIndex {
                 ancestor = split_parent(ancestor).0;
             }
             if hidden {
-                if let Some(slot) = slots.get_mut(entries[i].path.as_slice()) {
-                    slot.shadowed = true;
+                if !marker {
+                    if let Some(slot) = slots.get_mut(entries[i].path.as_slice()) {
+                        slot.shadowed = true;
+                    }
                 }
                 continue;
             }
-            order.push(i as u32);
+            if !marker {
+                order.push(i as u32);
+            }
             for dir in missing.drain(..) {
                 let at = entries.len() as u32;
                 match slots.entry(dir.clone().into()) {
@@ -565,10 +593,12 @@ impl LayerIndex {
 
 /// Indexes (or loads the cached indexes of) several blobs in parallel, one worker per core.
 /// Returns them in the order given; the same blob named twice is indexed once and shared.
-/// `check` is called on the calling thread while it waits (Python's Ctrl-C check); its error
-/// stops every worker. The first failure in blob order is reported.
+/// Cached indexes are looked for (and with `save`, written) where [`LayerIndex::index_path`]
+/// puts them for `index_dir`. `check` is called on the calling thread while it waits (Python's
+/// Ctrl-C check); its error stops every worker. The first failure in blob order is reported.
 pub fn open_all(
     blobs: &[PathBuf],
+    index_dir: Option<&Path>,
     save: bool,
     check: &(dyn Fn() -> Result<()> + Sync),
 ) -> Result<Vec<Arc<LayerIndex>>> {
@@ -596,7 +626,7 @@ pub fn open_all(
                 let result = if cancel.load(AtomicOrdering::Relaxed) {
                     Err(Error::Interrupted)
                 } else {
-                    LayerIndex::open_cancellable(&blobs[i], save, cancel)
+                    LayerIndex::open_cancellable(&blobs[i], index_dir, save, cancel)
                 };
                 if result.is_err() {
                     cancel.store(true, AtomicOrdering::Relaxed);
@@ -1182,19 +1212,30 @@ mod tests {
         assert_eq!(index.opaque_dirs().collect::<Vec<_>>(), [&b"d"[..], b""]);
         assert!(index.is_whited_out(b"gone") && !index.is_whited_out(b"x"));
         assert!(index.is_opaque(b"d") && index.is_opaque(b""));
-        // Implied parents: deep, deep/er (and not sub: a whiteout implies nothing).
+        // Implied parents: deep, deep/er, and sub (the parent of a whiteout).
         let deep = index.get(b"deep").unwrap();
         assert!(index.is_implied(deep));
         assert_eq!(index.entry(deep).kind, EntryKind::Dir);
         assert_eq!(index.entry(deep).mode, 0o755);
-        assert!(index.get(b"sub").is_none());
+        let sub = index.get(b"sub").unwrap();
+        assert!(index.is_implied(sub));
+        assert_eq!(index.entry(sub).kind, EntryKind::Dir);
         // Shadowed: below a same-layer file, and `.wh.`-named non-whiteouts.
         assert!(index.get(b"a/b").is_none());
         assert_eq!(index.last_entry(b"a/b"), Some(8));
         assert!(index.get(b".wh.dir").is_none() && index.get(b".wh.dir/inside").is_none());
         assert_eq!(
             paths(&index, index.visible()),
-            ["a", "d", "d/new", "deep", "deep/er", "deep/er/f", "x"]
+            [
+                "a",
+                "d",
+                "d/new",
+                "deep",
+                "deep/er",
+                "deep/er/f",
+                "sub",
+                "x"
+            ]
         );
         // Cuts.
         assert_eq!(index.cut(b"gone/below"), Some(Cut::Whiteout));
@@ -1202,6 +1243,48 @@ mod tests {
         assert_eq!(index.cut(b"a/b"), Some(Cut::NonDir));
         assert_eq!(index.cut(b"d/old"), Some(Cut::Opaque));
         assert_eq!(index.cut(b"anything"), Some(Cut::Opaque)); // the root is opaque
+    }
+
+    #[test]
+    fn markers_imply_their_parents_unless_shadowed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = blob(
+            tmp.path(),
+            "l",
+            &[
+                file("w/.wh.x", b""),
+                file("o/p/.wh..wh..opq", b""),
+                dir("kept", 0o700),
+                file("kept/.wh.y", b""),
+                file("f", b"a file"),
+                file("f/.wh.z", b""),
+                file(".wh.q/.wh.r", b""),
+                file(".wh.w", b""),
+            ],
+            Compression::None,
+        );
+        let index = LayerIndex::build(&path).unwrap();
+        assert_eq!(
+            paths(&index, index.visible()),
+            ["f", "kept", "o", "o/p", "w"]
+        );
+        for p in [&b"w"[..], b"o", b"o/p"] {
+            let i = index.get(p).unwrap();
+            assert!(index.is_implied(i));
+            let e = index.entry(i);
+            assert_eq!(
+                (e.kind, e.mode, e.uid, e.mtime),
+                (EntryKind::Dir, 0o755, 0, 0)
+            );
+        }
+        // An explicit directory is not replaced, a same-layer file is not turned into one.
+        assert!(!index.is_implied(index.get(b"kept").unwrap()));
+        assert_eq!(index.entry(index.get(b"f").unwrap()).kind, EntryKind::File);
+        // The markers still speak about lower layers, the layer's own `w` survives `.wh.w`.
+        assert!(index.is_whited_out(b"w") && index.is_whited_out(b"w/x"));
+        assert!(index.is_opaque(b"o/p"));
+        assert_eq!(index.cut(b"o/p/lower"), Some(Cut::Opaque));
+        assert_eq!(index.cut(b"o/p"), None);
     }
 
     #[test]
@@ -1283,7 +1366,7 @@ mod tests {
         specs.push(file(&"n".repeat(150), b"long name"));
         let path = blob(tmp.path(), "l.gz", &specs, Compression::Gzip);
         let built = LayerIndex::build(&path).unwrap();
-        let cached = LayerIndex::index_path(&path);
+        let cached = LayerIndex::index_path(&path, None);
         assert_eq!(cached, tmp.path().join("l.gz.lcidx"));
         built.save(&cached).unwrap();
         let mode = fs::metadata(&cached).unwrap().permissions().mode() & 0o777;
@@ -1299,8 +1382,8 @@ mod tests {
     fn a_stale_index_is_detected_and_rebuilt() {
         let tmp = tempfile::tempdir().unwrap();
         let path = blob(tmp.path(), "l", &[file("f", b"one")], Compression::None);
-        let first = LayerIndex::open(&path, true).unwrap();
-        let cached = LayerIndex::index_path(&path);
+        let first = LayerIndex::open(&path, None, true).unwrap();
+        let cached = LayerIndex::index_path(&path, None);
         assert!(cached.exists());
         // Rewritten in place with a different body (and size).
         blob(
@@ -1310,7 +1393,7 @@ mod tests {
             Compression::None,
         );
         assert!(LayerIndex::load(&cached, &path).unwrap().is_none());
-        let second = LayerIndex::open(&path, true).unwrap();
+        let second = LayerIndex::open(&path, None, true).unwrap();
         assert_ne!(first.diff_id(), second.diff_id());
         assert_eq!(second.entries().len(), 2);
         // ... and the rebuilt index was saved over the stale one.
@@ -1324,16 +1407,54 @@ mod tests {
         );
         fs::rename(&other, &path).unwrap();
         assert!(LayerIndex::load(&cached, &path).unwrap().is_none());
-        let third = LayerIndex::open(&path, false).unwrap();
+        let third = LayerIndex::open(&path, None, false).unwrap();
         assert_eq!(third.diff_id(), sha256(&fs::read(&path).unwrap()));
+    }
+
+    #[test]
+    fn an_index_directory_holds_the_cache_instead_of_the_blob_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = tmp.path().join("blobs");
+        fs::create_dir(&blobs).unwrap();
+        let path = blob(&blobs, "abc123", &[file("f", b"one")], Compression::None);
+        let dir = tmp.path().join("cache").join("index");
+        let cached = LayerIndex::index_path(&path, Some(&dir));
+        assert_eq!(cached, dir.join("abc123.lcidx"));
+
+        // Not saved unless asked; saving creates the directory.
+        LayerIndex::open(&path, Some(&dir), false).unwrap();
+        assert!(!dir.exists());
+        let first = LayerIndex::open(&path, Some(&dir), true).unwrap();
+        same(&LayerIndex::load(&cached, &path).unwrap().unwrap(), &first);
+        assert_eq!(fs::read_dir(&blobs).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+
+        // A stale cache there is rebuilt and overwritten.
+        blob(
+            &blobs,
+            "abc123",
+            &[file("f", b"two, longer"), file("g", b"")],
+            Compression::None,
+        );
+        assert!(LayerIndex::load(&cached, &path).unwrap().is_none());
+        let second = LayerIndex::open(&path, Some(&dir), true).unwrap();
+        assert_eq!(second.entries().len(), 2);
+        same(&LayerIndex::load(&cached, &path).unwrap().unwrap(), &second);
+
+        // open_all takes the same directory.
+        let other = blob(&blobs, "def456", &[file("h", b"")], Compression::Gzip);
+        let ok = || Ok(());
+        open_all(&[path.clone(), other], Some(&dir), true, &ok).unwrap();
+        assert!(dir.join("def456.lcidx").exists());
+        assert_eq!(fs::read_dir(&blobs).unwrap().count(), 2);
     }
 
     #[test]
     fn a_damaged_index_is_an_error_and_open_rebuilds() {
         let tmp = tempfile::tempdir().unwrap();
         let path = blob(tmp.path(), "l", &sample(), Compression::Zstd);
-        let cached = LayerIndex::index_path(&path);
-        let index = LayerIndex::open(&path, true).unwrap();
+        let cached = LayerIndex::index_path(&path, None);
+        let index = LayerIndex::open(&path, None, true).unwrap();
         let good = fs::read(&cached).unwrap();
         let mut cases = Vec::new();
         let mut flipped = good.clone();
@@ -1358,7 +1479,7 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
-            same(&LayerIndex::open(&path, false).unwrap(), &index);
+            same(&LayerIndex::open(&path, None, false).unwrap(), &index);
         }
         fs::remove_file(&cached).unwrap();
         assert!(matches!(
@@ -1419,28 +1540,36 @@ mod tests {
         let b = blob(tmp.path(), "b", &[file("b", b"b")], Compression::None);
         let c = blob(tmp.path(), "c", &[file("c", b"c")], Compression::Zstd);
         let ok = || Ok(());
-        let all = open_all(&[a.clone(), b.clone(), a.clone(), c.clone()], false, &ok).unwrap();
+        let all = open_all(
+            &[a.clone(), b.clone(), a.clone(), c.clone()],
+            None,
+            false,
+            &ok,
+        )
+        .unwrap();
         let names: Vec<&[u8]> = all.iter().map(|l| &l.entries()[0].path[..]).collect();
         assert_eq!(names, [&b"a"[..], b"b", b"a", b"c"]);
         assert!(Arc::ptr_eq(&all[0], &all[2]));
-        assert!(!LayerIndex::index_path(&a).exists());
+        assert!(!LayerIndex::index_path(&a, None).exists());
 
-        open_all(&[a.clone(), b.clone()], true, &ok).unwrap();
-        assert!(LayerIndex::index_path(&a).exists() && LayerIndex::index_path(&b).exists());
+        open_all(&[a.clone(), b.clone()], None, true, &ok).unwrap();
+        assert!(
+            LayerIndex::index_path(&a, None).exists() && LayerIndex::index_path(&b, None).exists()
+        );
 
         let broken = tmp.path().join("broken");
         fs::write(&broken, b"garbage that is no tar at all".repeat(40)).unwrap();
         let missing = tmp.path().join("missing");
-        match open_all(&[a.clone(), broken.clone(), missing], false, &ok) {
+        match open_all(&[a.clone(), broken.clone(), missing], None, false, &ok) {
             Err(Error::Corrupt { path, .. }) => assert_eq!(path, broken),
             other => panic!("{other:?}"),
         }
         let stop = || Err(Error::Interrupted);
         assert!(matches!(
-            open_all(std::slice::from_ref(&c), false, &stop),
+            open_all(std::slice::from_ref(&c), None, false, &stop),
             Err(Error::Interrupted)
         ));
-        assert!(open_all(&[], false, &ok).unwrap().is_empty());
+        assert!(open_all(&[], None, false, &ok).unwrap().is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the `python` feature, which maturin turns on.
 
 pub mod apply;
+pub mod blob_copy;
 pub mod blob_writer;
 pub mod compress;
 pub mod diff;

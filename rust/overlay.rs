@@ -18,7 +18,8 @@
 //!   providing layer does not carry is an *implied* directory there: it lets a lower directory
 //!   at that path show through (attributes and children), and is only itself visible (mode
 //!   0755, 0:0, mtime 0) where nothing lower is a visible directory, as `tar -x` would create
-//!   it.
+//!   it. The parents of a layer's whiteouts and opaque markers are implied the same way (a
+//!   layer holding only `a/.wh.x` shows an `a/`), as flatten writes them.
 //! * [`MergedView::read`] follows symbolic links, resolved inside the stack's root (an absolute
 //!   target starts from the root, `..` stops at the root), like an `open` in a chroot; lookups
 //!   never follow them. A hardlink's body is the body of its target in the same layer.
@@ -813,6 +814,68 @@ mod tests {
         let (k, d) = view.lookup(b"d").unwrap();
         assert_eq!((k, d.mode), (0, 0o755));
         assert_eq!(view.history(b"d"), [(0, Change::Added)]);
+    }
+
+    #[test]
+    fn the_parents_of_markers_are_directories_of_their_layer() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Nothing lower: the implied parents appear, empty, with the implied attributes.
+        let view = stack(
+            tmp.path(),
+            &[
+                vec![file("other", b"")],
+                vec![file("a/.wh.x", b""), file("o/p/.wh..wh..opq", b"")],
+            ],
+        );
+        assert_eq!(walk(&view), ["a", "o", "o/p", "other"]);
+        let (k, a) = view.lookup(b"a").unwrap();
+        assert_eq!(
+            (k, a.kind, a.mode, a.uid, a.mtime),
+            (1, EntryKind::Dir, 0o755, 0, 0)
+        );
+        assert!(view.listdir(b"a").unwrap().is_empty());
+        assert_eq!(names(&view, "o"), ["p"]);
+        assert_eq!(view.history(b"a"), [(1, Change::Added)]);
+        // A lower directory shows through with its attributes and (but for the whited-out
+        // name) its children; the implied directory changes nothing in its history.
+        let view = stack(
+            tmp.path(),
+            &[
+                vec![dir("a", 0o700), file("a/x", b""), file("a/y", b"")],
+                vec![file("a/.wh.x", b"")],
+            ],
+        );
+        assert_eq!(walk(&view), ["a", "a/y"]);
+        let (k, a) = view.lookup(b"a").unwrap();
+        assert_eq!((k, a.mode, a.mtime), (0, 0o700, 1_000));
+        assert_eq!(view.history(b"a"), [(0, Change::Added)]);
+        assert_eq!(
+            view.history(b"a/x"),
+            [(0, Change::Added), (1, Change::Deleted)]
+        );
+        // Whited out and implied in one layer: the lower directory goes, the implied one stays.
+        let view = stack(
+            tmp.path(),
+            &[
+                vec![dir("a", 0o700), file("a/x", b"")],
+                vec![file(".wh.a", b""), file("a/.wh.y", b"")],
+            ],
+        );
+        assert_eq!(walk(&view), ["a"]);
+        let (k, a) = view.lookup(b"a").unwrap();
+        assert_eq!((k, a.mode), (1, 0o755));
+        assert_eq!(
+            view.history(b"a"),
+            [(0, Change::Added), (1, Change::Modified)]
+        );
+        // Over a lower file, the implied directory replaces it (as the parent of any entry
+        // would).
+        let view = stack(
+            tmp.path(),
+            &[vec![file("a", b"file")], vec![file("a/.wh.x", b"")]],
+        );
+        let (k, a) = view.lookup(b"a").unwrap();
+        assert_eq!((k, a.kind), (1, EntryKind::Dir));
     }
 
     #[test]

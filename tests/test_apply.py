@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from conftest import nobody_python
-from layercore import Layer
+from layercore import Layer, reference
+from layercore import Stack as LayerStack
 from layercore.errors import (
     CorruptLayerError,
     LayerIOError,
@@ -282,8 +283,9 @@ def test_case8_opaque_marker_is_not_a_whiteout_of_wh_opq(stack: Stack) -> None:
 
 def test_case10_whiteout_of_a_missing_path_is_harmless(stack: Stack) -> None:
     stack.apply([reg("x", "1")])
-    stack.apply([wh("nothing"), wh("no/such/dir"), opq("missing"), wh("x/below-a-file")])
-    assert stack.tree() == {"x": "1"}
+    stack.apply([wh("nothing"), wh("no/such/dir"), opq("missing")])
+    # Nothing removed; the directories holding the markers are the layer's (see below).
+    assert stack.tree() == {"x": "1", "missing/": "dir", "no/": "dir", "no/such/": "dir"}
 
 
 def test_a_whiteout_naming_dot_dot_is_rejected(stack: Stack, tmp_path: Path) -> None:
@@ -299,6 +301,164 @@ def test_only_empty_files_may_use_the_whiteout_prefix(stack: Stack) -> None:
         with pytest.raises(UnsupportedEntryError, match=r"'\.wh\.'"):
             stack.apply([member])
     assert stack.tree() == {}
+
+
+# ----- the directories holding whiteouts and opaque markers ----------------------------------
+
+KINDS = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
+
+
+def lower_d() -> list[Member]:
+    """A lower `d` with attributes of its own (made afresh: members are not shared)."""
+    return [d("d", mode=0o700, mtime=1_500_000_000), reg("d/a", "a"), reg("d/b", "b")]
+
+
+def marker_stack(name: str) -> tuple[list[list[Member]], set[str]]:
+    """Layers (bottom first) whose top layer holds whiteouts or opaque markers, and paths the
+    result must have."""
+    base = [d("etc"), reg("etc/passwd", "root")]
+    stacks: dict[str, tuple[list[list[Member]], set[str]]] = {
+        "whiteout-only": ([base, [wh("a/x")]], {"a"}),
+        "opaque-only": ([base, [opq("o/p")]], {"o", "o/p"}),
+        "deep-markers": ([base, [wh("p/q/r"), opq("o"), wh("p/s")]], {"o", "p", "p/q"}),
+        "lower-dir-shows-through": ([lower_d(), [wh("d/a")]], {"d", "d/b"}),
+        "whiteout-then-marker-below": ([lower_d(), [wh("d"), wh("d/b")]], {"d"}),
+        "marker-below-then-whiteout": ([lower_d(), [wh("d/b"), wh("d")]], {"d"}),
+        "content-then-whiteout": ([lower_d(), [reg("d/new/f", "n"), wh("d")]], {"d/new/f"}),
+        "opaque-after-content": (
+            [
+                [d("top"), d("top/sub", mode=0o700), reg("top/sub/old"), reg("top/gone")],
+                [reg("top/sub/new", "n"), opq("top")],
+            ],
+            {"top/sub/new"},
+        ),
+    }
+    return stacks[name]
+
+
+def walk_key(path: str) -> bytes:
+    return path.encode().replace(b"/", b"\0")
+
+
+def row(
+    path: str, kind: str, mode: int, owner: tuple[int, int], mtime: int, dated: set[str]
+) -> tuple[object, ...]:
+    """What extraction must agree on. Owners only as root (otherwise the extracting user owns
+    everything); directory mtimes only where the view has one (implied directories have 0,
+    extraction the time it made them)."""
+    return (
+        path,
+        kind,
+        mode,
+        owner if IS_ROOT else None,
+        mtime if kind != "dir" or path in dated else None,
+    )
+
+
+def disk_rows(root: Path, dated: set[str]) -> list[tuple[object, ...]]:
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            st = full.lstat()
+            rel = str(full.relative_to(root))
+            kind = KINDS[stat.S_IFMT(st.st_mode)]
+            mode = stat.S_IMODE(st.st_mode)
+            rows.append(row(rel, kind, mode, (st.st_uid, st.st_gid), int(st.st_mtime), dated))
+    return sorted(rows, key=lambda r: walk_key(str(r[0])))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "whiteout-only",
+        "opaque-only",
+        "deep-markers",
+        "lower-dir-shows-through",
+        "whiteout-then-marker-below",
+        "marker-below-then-whiteout",
+        "content-then-whiteout",
+        "opaque-after-content",
+    ],
+)
+def test_marker_directories_extract_as_the_view_and_flatten_show_them(
+    tmp_path: Path, name: str
+) -> None:
+    layers, present = marker_stack(name)
+    blobs = [write_layer(tmp_path / f"l{i}.tar", members) for i, members in enumerate(layers)]
+    stack = LayerStack(blobs)
+    view = list(stack.walk())
+    dated = {e.path for e in view if e.kind == "dir" and e.mtime != 0}
+    expected = [row(e.path, e.kind, e.mode, (e.uid, e.gid), e.mtime, dated) for e in view]
+    assert present <= {str(r[0]) for r in expected}
+    flat = stack.flatten(tmp_path / "flat.tar", compression=None)
+    flat_rows = [
+        row(e.path, e.kind, e.mode, (e.uid, e.gid), e.mtime, dated) for e in flat.entries()
+    ]
+    assert flat_rows == expected
+    assert extract(blobs, tmp_path / "ours") == []
+    assert disk_rows(tmp_path / "ours", dated) == expected
+    reference.Stack(blobs).extract(tmp_path / "twin")
+    assert disk_rows(tmp_path / "twin", dated) == expected
+
+
+def test_a_lower_directory_whited_out_around_the_layers_content_loses_its_attributes(
+    stack: Stack,
+) -> None:
+    # Whichever comes first, the lower `d` goes and the one the layer implies stays: mode
+    # 0755, no xattrs, root's (as root). The twin does the same.
+    xattrs = {"user.note": "lower"}
+    for order in ([wh("d/x"), wh("d")], [wh("d"), wh("d/x")], [reg("d/n", "n"), wh("d")]):
+        for applier in (apply, reference.apply_layer):
+            shutil.rmtree(stack.root)
+            stack.root.mkdir()
+            stack.apply([d("d", mode=0o750, uid=12, gid=34, xattrs=xattrs), reg("d/old", "o")])
+            target = stack.root / "d"
+            assert os.getxattr(target, "user.note") == b"lower"
+            applier(stack.layer(list(order)), stack.root)
+            st = target.lstat()
+            assert stat.S_IMODE(st.st_mode) == 0o755, (order, applier)
+            assert os.listxattr(target) == []
+            if IS_ROOT:
+                assert (st.st_uid, st.st_gid) == (0, os.getegid())
+            assert "d/old" not in stack.tree()
+
+
+def test_a_marker_below_a_same_layer_non_directory_implies_nothing(stack: Stack) -> None:
+    below = stack.layer([reg("f", "file"), wh("f/x"), opq("f"), sym("s", "/etc"), wh("s/x")])
+    # Written after the marker, the file replaces the directory made for it.
+    after = stack.layer([wh("g/x"), reg("g", "file")])
+    assert [e.path for e in LayerStack([below, after]).walk()] == ["f", "g", "s"]
+    for applier in (apply, reference.apply_layer):
+        shutil.rmtree(stack.root)
+        stack.root.mkdir()
+        applier(below, stack.root)
+        applier(after, stack.root)
+        assert stack.tree() == {"f": "file", "g": "file", "s": "-> /etc"}
+
+
+def test_a_marker_below_a_lower_non_directory_is_refused_like_any_entry(stack: Stack) -> None:
+    lower = stack.layer([reg("t", "file"), sym("s", "/etc")])
+    apply(lower, stack.root)
+    for member in [wh("t/x"), opq("t/sub"), wh("s/passwd")]:
+        upper = stack.layer([member])
+        needle = "symlink" if member[0].name.startswith("s/") else "not a directory"
+        with pytest.raises(UnsupportedEntryError, match=needle) as info:
+            apply(upper, stack.root)
+        assert member[0].name in str(info.value)
+        with pytest.raises(UnsupportedEntryError):
+            reference.apply_layer(upper, stack.root)
+        # Flatten refuses the same stack: the layer's directory would replace a lower file.
+        with pytest.raises(UnsupportedEntryError):
+            LayerStack([lower, upper]).flatten(stack.base / "flat.tar", compression=None)
+    assert stack.tree() == {"s": "-> /etc", "t": "file"}
+
+
+def test_a_marker_below_a_whiteout_name_implies_nothing(stack: Stack) -> None:
+    stack.apply([reg("x", "1")])
+    for applier in (apply, reference.apply_layer):
+        applier(stack.layer([wh(".wh.q/r"), opq(".wh.q/s")]), stack.root)
+        assert stack.tree() == {"x": "1"}
 
 
 # ----- type changes (cases 12-15) ------------------------------------------------------------
@@ -335,11 +495,13 @@ def test_case15_opaque_below_a_lower_symlink_touches_nothing_outside(
     outside = tmp_path / "outside"
     stack.apply([d("d"), reg("d/x", "1")])
     stack.apply([sym("d", str(outside)), sym("rel", "../outside")])
-    # Markers and whiteouts below a symlink remove nothing: a symlink has no lower children.
-    stack.apply([opq("d"), opq("d/etc"), opq("rel"), wh("d/etc"), wh("rel/etc/passwd")])
+    # A marker's directory is the layer's, like any entry's parent: below a symlink it is
+    # rejected like any entry there, and nothing is removed on either side of the link.
+    for member in [opq("d"), opq("d/etc"), opq("rel"), wh("d/etc"), wh("rel/etc/passwd")]:
+        with pytest.raises(UnsupportedEntryError, match="never written through symlinks") as info:
+            stack.apply([member])
+        assert member[0].name in str(info.value)
     assert stack.tree() == {"d": f"-> {outside}", "rel": "-> ../outside"}
-    with pytest.raises(UnsupportedEntryError, match="symlink"):
-        stack.apply([opq("d"), reg("d/new", "pwned")])
     unchanged()
 
 

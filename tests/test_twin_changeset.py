@@ -245,9 +245,40 @@ STACKS: dict[str, list[list[Spec]]] = {
         [("a", "file", b"a", 0o644), ("b", "dir", None, 0o755), ("b/c", "file", b"c", 0o644)],
         [("", "opaque", None, 0), ("n", "file", b"n", 0o644)],
     ],
+    "marker-parents-are-implied": [
+        [("d", "dir", None, 0o700), ("d/a", "file", b"a", 0o644), ("f", "file", b"f", 0o644)],
+        [
+            ("d/a", "whiteout", None, 0),
+            ("p/q/r", "whiteout", None, 0),
+            ("o/p", "opaque", None, 0),
+            ("w", "whiteout", None, 0),
+            ("w/x", "whiteout", None, 0),
+        ],
+    ],
     "through-a-lower-file": [
         [("t", "file", b"file", 0o644)],
         [("t/inside", "file", b"x", 0o644)],
+    ],
+    "whiteouts-around-the-layers-own-directories": [
+        [
+            ("d", "dir", None, 0o700),
+            ("d/a", "file", b"a", 0o644),
+            ("e", "dir", None, 0o750),
+            ("e/x", "file", b"x", 0o644),
+        ],
+        [
+            ("d/b", "whiteout", None, 0),
+            ("d", "whiteout", None, 0),
+            ("e/new/f", "file", b"n", 0o644),
+            ("e", "whiteout", None, 0),
+        ],
+    ],
+    "marker-below-a-same-layer-file": [
+        [("g", "file", b"g", 0o644), ("g/x", "whiteout", None, 0), ("g", "opaque", None, 0)],
+    ],
+    "marker-below-a-lower-symlink": [
+        [("s", "symlink", "/etc", 0o777)],
+        [("s/passwd", "whiteout", None, 0)],
     ],
 }
 

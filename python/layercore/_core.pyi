@@ -16,6 +16,7 @@ __all__ = [
     "build_layer_from_dir",
     "build_profile",
     "chain_id",
+    "copy_blob",
     "describe_layer",
     "diff_dirs",
     "diff_stack_dir",
@@ -101,7 +102,9 @@ class Digester:
 
 @final
 class StackView:
-    def __new__(cls, blobs: list[str], *, save_index: bool = False) -> StackView: ...
+    def __new__(
+        cls, blobs: list[str], *, save_index: bool = False, index_dir: str | None = None
+    ) -> StackView: ...
     def descriptors(self) -> list[dict[str, object]]: ...
     @property
     def diff_ids(self) -> list[str]: ...
@@ -189,3 +192,15 @@ def overlay_upper_to_layer(
     owner: str,
     source_date_epoch: int | None,
 ) -> tuple[dict[str, object], list[str]]: ...
+
+# --- blob copy (rust/py/blob_copy.rs) ---
+
+def copy_blob(
+    src: str | PathLike[str],
+    dest: str | PathLike[str],
+    *,
+    offset: int = 0,
+    length: int | None = None,
+    expected_digest: str | None = None,
+    verify: bool = True,
+) -> tuple[str | None, int]: ...

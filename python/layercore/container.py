@@ -10,7 +10,8 @@ overlayfs upper directory, so that :meth:`Container.commit` is
 * a deleted path that the stack shows becomes a whiteout: a character device 0/0 (what
   overlayfs writes; allowed without privileges since Linux 5.8), or, where ``mknod`` is refused,
   an empty file with the ``user.overlay.whiteout`` xattr in a directory marked
-  ``user.overlay.whiteouts`` (the Linux 6.7 "xwhiteouts" form);
+  ``user.overlay.whiteouts`` (the Linux 6.7 "xwhiteouts" form; ``upper_dir`` itself is marked
+  when a top-level path is deleted);
 * a directory created where the stack shows something is opaque: ``trusted.overlay.opaque=y`` as
   root, ``user.overlay.opaque=y`` otherwise.
 
@@ -228,8 +229,6 @@ class Container:
         if self.lookup(rel) is None:
             raise SourceNotFoundError("nothing to remove in the container", rel)
         whiteout = self._lower_visible(parts[:-1]) and self._stack.lookup(rel) is not None
-        if whiteout:
-            self._check_whiteout_possible(parts)
         self._copy_up_dirs(parts[:-1])
         dest = self._upper / rel
         st = _lstat(dest)
@@ -252,8 +251,6 @@ class Container:
             raise UnsupportedEntryError(f"cannot move {srel!r} inside itself", drel)
         if self.lookup(srel) is None:
             raise SourceNotFoundError("nothing to rename in the container", srel)
-        if self._lower_visible(sparts[:-1]) and self._stack.lookup(srel) is not None:
-            self._check_whiteout_possible(sparts)
         self._copy_tree(srel, dparts)
         self.remove(srel)
 
@@ -423,10 +420,7 @@ class Container:
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             return True
         if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-            parent = full.parent
-            if parent == self._upper or not _has_overlay_xattr(parent, "whiteouts"):
-                return False
-            return _has_overlay_xattr(full, "whiteout")
+            return _marks_xwhiteouts(full.parent) and _has_overlay_xattr(full, "whiteout")
         return False
 
     def _is_opaque(self, full: Path) -> bool:
@@ -446,20 +440,13 @@ class Container:
             except PermissionError as e:
                 raise LayerIOError("cannot create a whiteout device (char 0/0)", dest) from e
             return
-        # The xwhiteouts form: the file must stay readable by its owner, whose xattr reads
-        # need read permission on it.
+        # The xwhiteouts form: the directory is marked (the upper root too, as the kernel
+        # reads a layer root's mark), and the file must stay readable by its owner, whose
+        # xattr reads need read permission on it.
         os.setxattr(dest.parent, "user.overlay.whiteouts", b"y")
         with open(dest, "xb"):
             pass
         os.setxattr(dest, "user.overlay.whiteout", b"y")
-
-    def _check_whiteout_possible(self, parts: list[str]) -> None:
-        if self._whiteouts == "xattr" and len(parts) == 1:
-            raise UnsupportedEntryError(
-                "deleting a top-level path of the stack needs a whiteout device (char 0/0): "
-                "xattr whiteouts are only read inside directories",
-                "/".join(parts),
-            )
 
     def _prepare_new(self, path: StrPath, *, replace: bool) -> tuple[Path, bool]:
         """Checks that ``path`` can be created (parent a directory; nothing there, or with
@@ -608,6 +595,20 @@ def _listxattr(path: Path) -> list[str]:
         if e.errno in (errno.ENOTSUP, errno.EPERM):
             return []
         raise
+
+
+def _marks_xwhiteouts(directory: Path) -> bool:
+    """Whether ``directory`` may hold xwhiteouts: ``overlay.whiteouts`` (Linux 6.7) or
+    ``overlay.opaque=x`` (6.8+), as ``from_overlay_upper`` reads them."""
+    if _has_overlay_xattr(directory, "whiteouts"):
+        return True
+    for prefix in _OVERLAY_PREFIXES:
+        try:
+            if os.getxattr(directory, prefix + "opaque", follow_symlinks=False) == b"x":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _has_overlay_xattr(path: Path, name: str) -> bool:

@@ -1283,43 +1283,51 @@ def _copy_body(source: IO[bytes], at: int, size: int, out: IO[bytes]) -> None:
 class _ViewLayer:
     """One layer as the merged view sees it (index.rs): the last entry of each path wins; an
     entry below a non-directory of the layer or with a ``.wh.`` component is shadowed; missing
-    parents of visible entries are implied directories."""
+    parents of visible entries, and of whiteouts and opaque markers, are implied directories
+    (as flatten writes them)."""
 
     def __init__(self, scanned: _Scanned) -> None:
         self.scanned = scanned
         self.last: dict[str, int] = {}
         self.whiteouts: set[str] = set()
         self.opaque: set[str] = set()
+        marker_parents: set[str] = set()
         for i, e in enumerate(scanned.entries):
             parent, _, base = e.path.rpartition("/")
             if e.kind == "whiteout":
                 self.whiteouts.add(_join(parent, base[len(_WHITEOUT_PREFIX) :]))
+                marker_parents.add(parent)
             elif e.kind == "opaque":
                 self.opaque.add(parent)
+                marker_parents.add(parent)
             else:
                 self.last[e.path] = i
         #: Visible path -> entry index, or -1 for an implied directory.
         self.visible: dict[str, int] = {}
-        entries = scanned.entries
         for path, i in self.last.items():
-            if any(p.startswith(_WHITEOUT_PREFIX) for p in path.split("/")):
-                continue
-            missing = []
-            hidden = False
-            ancestor = _parent(path)
-            while ancestor:
-                j = self.last.get(ancestor)
-                if j is None:
-                    missing.append(ancestor)
-                elif entries[j].kind != "dir":
-                    hidden = True
-                    break
-                ancestor = _parent(ancestor)
-            if hidden:
-                continue
-            self.visible[path] = i
-            for d in missing:
-                self.visible.setdefault(d, -1)
+            if self._imply_parents(path, _parent(path)):
+                self.visible[path] = i
+        for parent in marker_parents:
+            if parent:
+                self._imply_parents(parent, parent)
+
+    def _imply_parents(self, named: str, ancestor: str) -> bool:
+        """Implies the missing directories from ``ancestor`` up, unless ``named`` has a
+        ``.wh.`` component or one of them is a non-directory of the layer; whether it did."""
+        if any(p.startswith(_WHITEOUT_PREFIX) for p in named.split("/")):
+            return False
+        entries = self.scanned.entries
+        missing = []
+        while ancestor:
+            j = self.last.get(ancestor)
+            if j is None:
+                missing.append(ancestor)
+            elif entries[j].kind != "dir":
+                return False
+            ancestor = _parent(ancestor)
+        for d in missing:
+            self.visible.setdefault(d, -1)
+        return True
 
     def entry(self, i: int, path: str) -> Entry:
         return self.scanned.entries[i] if i >= 0 else _implied_entry(path)
@@ -1717,10 +1725,13 @@ class _Applier:
         self.layer = layer
         self.name = os.fsdecode(layer.path)
         self.dest = dest
-        self.written: set[str] = set()
-        self.touched: set[str] = set()  # written paths and their ancestors
+        self.written: set[str] = set()  # entries and the missing parents created for them
+        #: written paths and their ancestors, and the directories of the layer's markers with
+        #: theirs: what the layer's own whiteouts and opaque markers keep
+        self.touched: set[str] = set()
         self.dirs: list[tuple[str, Entry]] = []
         self.saved_times: dict[str, tuple[int, int]] = {}  # unlisted dirs this layer changes
+        self.implied: set[str] = set()  # lower dirs made the ones the layer implies
         self.warnings: list[str] = []
 
     def full(self, path: str) -> bytes:
@@ -1731,29 +1742,51 @@ class _Applier:
         warnings.warn(message, LayerWarning, stacklevel=4)
 
     def changing(self, directory: str) -> None:
-        """Records the times of ``directory`` before this layer first changes its contents."""
-        if directory not in self.saved_times:
+        """Records the times of ``directory`` before this layer first changes its contents
+        (unless the layer made it)."""
+        if directory not in self.saved_times and directory not in self.written:
             with contextlib.suppress(FileNotFoundError):
                 st = os.lstat(self.full(directory))
                 self.saved_times[directory] = (st.st_atime_ns, st.st_mtime_ns)
 
-    def parents(self, path: str) -> None:
-        """Makes sure every parent of ``path`` is a real directory (created 0755 if missing)."""
+    def parents(self, path: str, *, marker: bool = False) -> bool:
+        """Makes sure every parent of ``path`` is a real directory (created 0755 if missing);
+        a symlink or other non-directory in the way is an error. For a whiteout or opaque
+        marker, a non-directory the layer wrote (a skipped device: missing) instead gives
+        False: the marker implies nothing below it."""
         current = ""
         for part in path.split("/")[:-1]:
             current = _join(current, part)
             full = self.full(current)
             try:
-                st = os.lstat(full)
+                st: os.stat_result | None = os.lstat(full)
             except FileNotFoundError:
+                st = None
+            if marker and current in self.written and (st is None or not stat.S_ISDIR(st.st_mode)):
+                return False
+            if st is None:
                 self.changing(_parent(current))
                 os.mkdir(full, 0o755)
                 os.chmod(full, 0o755)
+                self.written.add(current)
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 raise UnsupportedEntryError(
                     f"entry {path!r}: its parent {current!r} is not a directory", self.name
                 )
+        return True
+
+    def existing_dir(self, directory: str) -> bool:
+        """Whether ``directory`` is a directory, reached through directories only."""
+        current = ""
+        for part in directory.split("/") if directory else []:
+            current = _join(current, part)
+            try:
+                if not stat.S_ISDIR(os.lstat(self.full(current)).st_mode):
+                    return False
+            except FileNotFoundError:
+                return False
+        return True
 
     def remove(self, path: str) -> None:
         """Removes ``path`` (recursively) if it exists."""
@@ -1769,26 +1802,46 @@ class _Applier:
             os.unlink(full)
 
     def remove_except(self, path: str) -> None:
-        """Removes ``path`` and everything below it except what this layer wrote."""
+        """Removes ``path`` and everything below it except what this layer wrote. A lower
+        directory kept only for what the layer put in it becomes the one the layer implies:
+        0755, the extracting user's (root's, as root), no xattrs, its times not restored."""
         if path not in self.touched:
             self.remove(path)
             return
         full = self.full(path)
-        if (path in self.written and not os.path.isdir(full)) or os.path.islink(full):
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
             return
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            for name in sorted(os.listdir(full)):
-                self.remove_except(_join(path, os.fsdecode(name)))
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        if path not in self.written:
+            if os.geteuid() == 0:
+                os.chown(full, 0, os.getegid(), follow_symlinks=False)
+            self.xattrs(full, _implied_entry(path), exact=True)
+            self.implied.add(path)
+        for name in sorted(os.listdir(full)):
+            self.remove_except(_join(path, os.fsdecode(name)))
 
-    def hide(self, directory: str, name: str | None) -> None:
-        """A whiteout of ``directory/name``, or the opaque marker of ``directory``."""
-        full = self.full(directory)
-        if directory and (os.path.islink(full) or not os.path.isdir(full)):
-            return  # a non-directory has no lower children
+    def hide(self, e: Entry, directory: str, name: str | None) -> None:
+        """A whiteout of ``directory/name``, or the opaque marker of ``directory``. Its
+        directory is the layer's, made like the parent of any entry; below a ``.wh.`` name it
+        implies nothing and only an existing directory is acted on."""
+        if name in (".", ".."):
+            raise UnsupportedEntryError(
+                f"whiteout {e.path!r} names {name!r}, which is not a file name", self.name
+            )
+        if any(p.startswith(_WHITEOUT_PREFIX) for p in directory.split("/")):
+            if not self.existing_dir(directory):
+                return
+        elif self.parents(e.path, marker=True):
+            self.touched.update([directory, *_strict_ancestors(directory)] if directory else [])
+        else:
+            return  # below a non-directory this layer wrote
         if name is not None:
             self.remove_except(_join(directory, name))
             return
-        for child in sorted(os.listdir(full)):
+        for child in sorted(os.listdir(self.full(directory))):
             self.remove_except(_join(directory, os.fsdecode(child)))
 
     def owner(self, full: bytes, e: Entry) -> bool:
@@ -1873,16 +1926,22 @@ class _Applier:
         os.utime(full, ns=(e.mtime * 10**9, e.mtime * 10**9), follow_symlinks=False)
 
     def finish(self) -> None:
-        """Directory times back for unlisted ones, then the listed ones, deepest first."""
+        """Directory times back for unlisted ones (not those made implied: their mode becomes
+        0755), then the listed ones, deepest first."""
+        # Each is checked to still be a directory, reached through directories only: a later
+        # entry of the layer may have replaced it (with a symlink, say).
         listed = {path for path, _ in self.dirs}
         for path, times in self.saved_times.items():
-            full = self.full(path)
-            if path not in listed and os.path.isdir(full) and not os.path.islink(full):
-                os.utime(full, ns=times, follow_symlinks=False)
+            if path not in listed and path not in self.implied and self.existing_dir(path):
+                os.utime(self.full(path), ns=times, follow_symlinks=False)
+        for path in self.implied - listed:
+            if self.existing_dir(path):
+                os.chmod(self.full(path), _IMPLIED_DIR_MODE)
         for path, e in sorted(self.dirs, key=lambda d: -d[0].count("/")):
-            full = self.full(path)
-            os.chmod(full, e.mode)  # a real directory: parents() and entry() made sure
-            os.utime(full, ns=(e.mtime * 10**9, e.mtime * 10**9), follow_symlinks=False)
+            if self.existing_dir(path):
+                full = self.full(path)
+                os.chmod(full, e.mode)
+                os.utime(full, ns=(e.mtime * 10**9, e.mtime * 10**9), follow_symlinks=False)
 
     def run(self) -> list[str]:
         with _read_errors(self.name), _stream_tar(self.layer.path) as tf:
@@ -1894,9 +1953,9 @@ class _Applier:
                     raise UnsupportedEntryError(f"entry {e.path!r}: '..' or NUL", self.name)
                 directory, _, base = e.path.rpartition("/")
                 if e.kind == "whiteout":
-                    self.hide(directory, base[len(_WHITEOUT_PREFIX) :])
+                    self.hide(e, directory, base[len(_WHITEOUT_PREFIX) :])
                 elif e.kind == "opaque":
-                    self.hide(directory, None)
+                    self.hide(e, directory, None)
                 else:
                     self.entry(e, tf, ti)
         self.finish()
@@ -1906,9 +1965,9 @@ class _Applier:
 def apply_layer(layer: Layer | StrPath, dest: StrPath | bytes) -> list[str]:
     """Streams one layer onto the existing directory ``dest`` (the twin of
     ``layercore.Layer.apply``): whiteouts and opaque markers remove what lower layers put
-    there (never this layer's own entries, in either archive order), directories merge, other
-    entries replace. Devices are skipped and refused owners/xattrs warned about; returns the
-    warnings."""
+    there (never this layer's own entries, in either archive order) and their directories are
+    the layer's, made like the parents of any entry; directories merge, other entries replace.
+    Devices are skipped and refused owners/xattrs warned about; returns the warnings."""
     return _Applier(_layer_of(layer), os.fsencode(dest)).run()
 
 

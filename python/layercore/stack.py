@@ -34,23 +34,38 @@ class Stack:
     """A stack of layer blobs, bottom first, seen as one merged tree.
 
     ``layers`` are :class:`~layercore.Layer` objects or blob paths (tar, gzip or zstd). Each
-    blob is indexed once, in parallel; a fresh cached index beside a blob (``<blob>.lcidx``)
-    is loaded instead, and a stale or damaged one rebuilt. With ``save_index=True`` indexes
-    that had to be built are cached for next time (an error if they cannot be written). The
-    diff_id of a given :class:`~layercore.Layer` is checked against the blob as it is indexed:
-    a blob whose diff_id is not the recorded one raises
-    :class:`~layercore.errors.DigestMismatchError`.
+    blob is indexed once, in parallel; a fresh cached index is loaded instead, and a stale or
+    damaged one rebuilt. Cached indexes live beside their blobs (``<blob>.lcidx``), or with
+    ``index_dir`` in that directory (``<index_dir>/<blob file name>.lcidx``, so a directory of
+    blobs holds nothing else; blobs sharing an ``index_dir`` need distinct file names, as
+    content-addressed blobs have). A cache records the blob's size, mtime and inode, so one
+    left by another or an older blob is rebuilt, never trusted. With ``save_index=True``
+    indexes that had to be built are cached for next time (``index_dir`` is created if
+    missing; an error if they cannot be written). The diff_id of a given
+    :class:`~layercore.Layer` is checked against the blob as it is indexed: a blob whose
+    diff_id is not the recorded one raises :class:`~layercore.errors.DigestMismatchError`.
 
     Paths are relative to the stack's root, with or without a leading ``/``. The root itself
     has no entry. Entries returned carry ``layer``: the index (bottom = 0) of the layer that
-    provides them. Directories that a layer needs but does not carry (``a/b`` without ``a``)
-    appear as mode 0755, owner 0:0, mtime 0, unless a lower layer has that directory.
+    provides them. Directories that a layer needs but does not carry (``a/b`` without ``a``,
+    and also the parents of whiteouts and opaque markers: a layer holding only ``a/.wh.x``
+    has an ``a``) appear as mode 0755, owner 0:0, mtime 0, unless a lower layer has that
+    directory, whose attributes and other children then show through. This is what
+    :meth:`flatten` writes.
     """
 
-    def __init__(self, layers: Sequence[Layer | StrPath], *, save_index: bool = False) -> None:
+    def __init__(
+        self,
+        layers: Sequence[Layer | StrPath],
+        *,
+        save_index: bool = False,
+        index_dir: StrPath | None = None,
+    ) -> None:
         layers = list(layers)
         paths = [os.fspath(layer.path if isinstance(layer, Layer) else layer) for layer in layers]
-        self._view = _core.StackView(paths, save_index=save_index)
+        self._save_index = save_index
+        self._index_dir = None if index_dir is None else os.fspath(index_dir)
+        self._view = _core.StackView(paths, save_index=save_index, index_dir=self._index_dir)
         descriptors = self._view.descriptors()
         resolved: list[Layer] = []
         for given, d in zip(layers, descriptors, strict=True):
@@ -137,8 +152,15 @@ class Stack:
         """
         return self._view.history(path)
 
+    @property
+    def index_dir(self) -> Path | None:
+        """The directory of the cached indexes, or None when they live beside the blobs."""
+        return None if self._index_dir is None else Path(self._index_dir)
+
     def save_indexes(self) -> list[Path]:
-        """Caches every layer's index beside its blob (``<blob>.lcidx``); returns the files."""
+        """Caches every layer's index where this stack looks for it (``<blob>.lcidx``, or
+        ``<index_dir>/<blob file name>.lcidx``, creating ``index_dir`` if missing); returns
+        the files written."""
         return [Path(p) for p in self._view.save_indexes()]
 
     def flatten(
@@ -174,7 +196,8 @@ class Stack:
     ) -> Stack:
         """Merges layers ``start..end`` (end exclusive) into one layer at ``out`` and returns the
         new stack, which shows exactly what this one shows; the layers below ``start`` and from
-        ``end`` up are kept as they are (see :func:`layercore.flatten.squash`)."""
+        ``end`` up are kept as they are (see :func:`layercore.flatten.squash`). The new stack
+        keeps this one's ``save_index`` and ``index_dir``."""
         return Stack(
             _squash(
                 self._layers,
@@ -185,7 +208,9 @@ class Stack:
                 level=level,
                 threads=threads,
                 source_date_epoch=source_date_epoch,
-            )
+            ),
+            save_index=self._save_index,
+            index_dir=self._index_dir,
         )
 
     def extract(self, dest: StrPath, *, devices: Literal["skip", "fail"] = "skip") -> list[str]:

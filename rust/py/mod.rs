@@ -2,6 +2,7 @@
 //! Nothing here decides layer semantics; that is the engine's job.
 
 mod apply;
+mod blob_copy;
 mod diff;
 mod error;
 mod flatten;
@@ -387,5 +388,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     flatten::register(m)?;
     apply::register(m)?;
     diff::register(m)?;
+    blob_copy::register(m)?;
     Ok(())
 }

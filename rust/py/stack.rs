@@ -32,6 +32,8 @@ use crate::overlay::MergedView;
 pub(crate) struct PyStackView {
     view: Arc<MergedView>,
     interned: OnceLock<Box<[OnceLock<Py<PyEntry>>]>>,
+    /// Where the layers' cached indexes live (`None`: beside their blobs).
+    index_dir: Option<PathBuf>,
 }
 
 /// The bytes of a path argument.
@@ -91,17 +93,24 @@ fn write_atomically(dest: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<u64
 #[pymethods]
 impl PyStackView {
     /// Indexes the blobs (or loads their fresh cached indexes) in parallel, then merges them.
-    /// With `save_index`, indexes that had to be built are cached beside their blobs.
+    /// Cached indexes live beside their blobs, or in `index_dir` when given; with
+    /// `save_index`, indexes that had to be built are cached there.
     #[new]
-    #[pyo3(signature = (blobs, *, save_index = false))]
-    fn new(py: Python<'_>, blobs: Vec<PathBuf>, save_index: bool) -> PyResult<Self> {
+    #[pyo3(signature = (blobs, *, save_index = false, index_dir = None))]
+    fn new(
+        py: Python<'_>,
+        blobs: Vec<PathBuf>,
+        save_index: bool,
+        index_dir: Option<PathBuf>,
+    ) -> PyResult<Self> {
         let view = detached(py, |check| {
-            let layers = index::open_all(&blobs, save_index, check)?;
+            let layers = index::open_all(&blobs, index_dir.as_deref(), save_index, check)?;
             Ok(MergedView::new(layers))
         })?;
         Ok(PyStackView {
             view: Arc::new(view),
             interned: OnceLock::new(),
+            index_dir,
         })
     }
 
@@ -264,13 +273,15 @@ impl PyStackView {
             .collect())
     }
 
-    /// Writes every layer's index beside its blob (`<blob>.lcidx`); returns the files written.
+    /// Writes every layer's index where the view looks for it (`<blob>.lcidx`, or
+    /// `<index_dir>/<blob file name>.lcidx`); returns the files written.
     fn save_indexes(&self, py: Python<'_>) -> PyResult<Vec<PathBuf>> {
         let view = &*self.view;
+        let index_dir = self.index_dir.as_deref();
         detached(py, |_| {
             let mut written: Vec<PathBuf> = Vec::new();
             for layer in view.layers() {
-                let path = LayerIndex::index_path(layer.blob());
+                let path = LayerIndex::index_path(layer.blob(), index_dir);
                 if !written.contains(&path) {
                     layer.save(&path)?;
                     written.push(path);
