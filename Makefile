@@ -4,12 +4,13 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS := tar pigz zstd openssl libarchive-tools busybox-static attr umoci libcap2-bin util-linux
+DEBS := tar pigz zstd openssl libarchive-tools busybox-static attr umoci libcap2-bin util-linux \
+	skopeo oci-image-tool buildah
 SRC_RS := $(shell find rust -name '*.rs') Cargo.toml Cargo.lock
 
 .PHONY: demo test bench build venv debs lint rust-test py-test bench-smoke clean
 
-demo: build
+demo: debs build
 	$(PY) -m layercore._demo
 
 test: debs build lint rust-test py-test bench-smoke
@@ -19,7 +20,7 @@ $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "maturin>=1.7,<2" "pytest>=8" "pytest-benchmark>=4" \
-		"hypothesis>=6" "ruff>=0.6" "mypy>=1.10" "zstandard>=0.22"
+		"hypothesis>=6" "ruff>=0.6" "mypy>=1.10" "zstandard>=0.22" "rich>=13"
 	touch $@
 
 # The release build of the extension, installed into the venv (editable Python sources).

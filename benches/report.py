@@ -36,6 +36,16 @@ LC_LOOKUP_MANY = "layercore lookup_many"
 PY_DIFF = "pure-Python diff"
 FIND = "find -printf"
 TAR_X = "tar -xf"
+# contenders of the store and transport groups (benches/test_store.py)
+LC_COPY = "layercore copy_blob"
+LC_COPY_UNVERIFIED = "copy_blob(verify=False)"
+CP = "cp"
+CP_SYNC = "cp + sync"
+CP_R = "cp -r"
+CP_R_SYNC = "cp -r + sync"
+SAVE_LARGE = "save, large layer present"
+SAVE_SMALL = "save, small layer present"
+TRANSPORT_FORMATS = ("oci", "oci-archive", "docker-archive")
 
 # groups in reading order; anything else follows, sorted
 GROUP_ORDER = [
@@ -55,6 +65,9 @@ GROUP_ORDER = [
     "lookup/stack5",
     "diff/small",
     "extract/small",
+    "copy_blob/blob-1g",
+    "save/present-layers",
+    *(f"{op}-{fmt}/image-1g" for op in ("export", "import") for fmt in TRANSPORT_FORMATS),
 ]
 RSS_GROUP = "rss"
 # groups whose single entry carries RSS probes (extra_info["rss"]) instead of a timing
@@ -429,6 +442,7 @@ def targets(res: Results) -> list[Target]:
             fmt_ratio(r),
         )
     changeset_targets(res, add)
+    store_targets(res, add)
     lc_probes = [p for p in res.rss() if p.get("tool") == LC and p.get("tree")]
     if lc_probes:
         for p in lc_probes:
@@ -518,6 +532,51 @@ def changeset_targets(res: Results, add: Any) -> None:
         r is not None and r >= 1,
         fmt_ratio(r),
     )
+
+
+def _ratio(res: Results, group: str, tool: str, baseline_tool: str) -> float | None:
+    """baseline time / ``tool``'s time in ``group`` (> 1: ``tool`` is faster)."""
+    t, b = res.get(group, tool), res.get(group, baseline_tool)
+    if t is None or b is None or t.median <= 0:
+        return None
+    return b.median / t.median
+
+
+def store_targets(res: Results, add: Any) -> None:
+    """The store's and the transports' targets (groups of benches/test_store.py). Every
+    layercore row fsyncs what it writes, so the baseline is ``cp`` followed by ``sync FILE...``
+    (the same durability); the bare ``cp`` rows stand beside them in the group tables."""
+    for tool, what in ((LC_COPY, "verified"), (LC_COPY_UNVERIFIED, "`verify=False`")):
+        r = _ratio(res, "copy_blob/blob-1g", tool, CP_SYNC)
+        add(
+            f"`copy_blob` ({what}) vs `cp` + `sync FILE`",
+            "blob-1g",
+            "≥ 0.9x",
+            r,
+            r is not None and r >= 0.9,
+            fmt_ratio(r),
+        )
+    r = _ratio(res, "save/present-layers", SAVE_SMALL, SAVE_LARGE)  # large time / small time
+    add(
+        "`Store.save`, layers present: time with a 1 GB layer / with a 1 MB layer",
+        "blob-1g",
+        "≤ 1.2x (about equal)",
+        r,
+        r is not None and r <= 1.2,
+        fmt_ratio(r),
+    )
+    for op in ("export", "import"):
+        for fmt in TRANSPORT_FORMATS:
+            baseline = CP_R_SYNC if fmt == "oci" else CP_SYNC
+            r = _speedup(res, f"{op}-{fmt}/image-1g", baseline)
+            add(
+                f"{op} `{fmt}` vs `{baseline.replace(' + sync', '')}` + `sync FILE...`",
+                "image-1g",
+                "≥ 0.9x",
+                r,
+                r is not None and r >= 0.9,
+                fmt_ratio(r),
+            )
 
 
 def targets_section(res: Results) -> list[str]:

@@ -5,8 +5,10 @@ from layercore._core import Digester, Entry, __version__, build_profile, chain_i
 from layercore.container import Container, ContainerEntry
 from layercore.diff import from_diff, from_overlay_upper
 from layercore.errors import (
+    CorruptImageError,
     CorruptLayerError,
     DigestMismatchError,
+    ImageNotFoundError,
     LayerError,
     LayerIOError,
     LayerWarning,
@@ -15,24 +17,36 @@ from layercore.errors import (
     TruncatedLayerError,
     UnsupportedEntryError,
 )
+from layercore.image import Descriptor, HistoryEntry, Image, RuntimeConfig
 from layercore.layer import Layer
 from layercore.stack import Change, Stack
+from layercore.store import DiskUsage, GcReport, ImageUsage, Store
 
 __all__ = [
     "Change",
     "Container",
     "ContainerEntry",
+    "CorruptImageError",
     "CorruptLayerError",
+    "Descriptor",
     "DigestMismatchError",
     "Digester",
+    "DiskUsage",
     "Entry",
+    "GcReport",
+    "HistoryEntry",
+    "Image",
+    "ImageNotFoundError",
+    "ImageUsage",
     "Layer",
     "LayerError",
     "LayerIOError",
     "LayerWarning",
+    "RuntimeConfig",
     "SourceChangedError",
     "SourceNotFoundError",
     "Stack",
+    "Store",
     "TruncatedLayerError",
     "UnsupportedEntryError",
     "__version__",

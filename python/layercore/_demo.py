@@ -1,100 +1,127 @@
-"""`make demo`: build layers from a generated tree into the default layercore home and show them.
+"""`make demo`: images in the embedded default store, sharing one base.
 
-The default home is ``$LAYERCORE_HOME`` or ``~/.local/share/layercore``; the demo writes under
-its ``demo/`` folder and prints each layer's descriptor and a listing of its entries.
+Into the store at ``$LAYERCORE_HOME`` (default ``~/.local/share/layercore``) it builds a base
+image from a busybox-static root filesystem, an app image on top of it (one layer, then config
+changes), and a second app on the same base. It then shows the app's history, which layer
+provides a file, the store's disk use with the base stored once, and exports the app to an OCI
+layout and a docker-archive in ``./demo-export``.
+
+Every timestamp comes from a fixed ``SOURCE_DATE_EPOCH``, so running the demo again produces the
+same digests and writes no layer twice.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import stat
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from layercore import Layer, chain_id
+from layercore import Image, Store, cli
 
-BLOB_NAMES = {None: "rootfs.tar", "gzip": "rootfs.tar.gz", "zstd": "rootfs.tar.zst"}
-
-
-def default_home() -> Path:
-    env = os.environ.get("LAYERCORE_HOME")
-    if env:
-        return Path(env)
-    return Path.home() / ".local" / "share" / "layercore"
+EPOCH = 1_700_000_000
+BASE, APP, WORKER = "demo/base:1", "demo/app:1", "demo/worker:1"
 
 
-def generate_tree(root: Path) -> None:
-    """A small root filesystem: directories, text and binary files, links of both kinds."""
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "os-release").write_text('NAME="layercore demo"\nID=demo\n')
-    (root / "etc" / "hostname").write_text("demo\n")
-    (root / "usr" / "bin").mkdir(parents=True)
+def busybox_rootfs(root: Path) -> None:
+    """A minimal busybox root filesystem: the static binary, one link per applet, /etc basics."""
     busybox = shutil.which("busybox")
-    if busybox:
-        shutil.copy2(busybox, root / "usr" / "bin" / "busybox")
-    else:
-        (root / "usr" / "bin" / "busybox").write_bytes(os.urandom(64 * 1024))
-    os.chmod(root / "usr" / "bin" / "busybox", 0o755)
-    for tool in ("sh", "ls", "cat"):
-        os.symlink("busybox", root / "usr" / "bin" / tool)
-    os.symlink("usr/bin", root / "bin")
+    if busybox is None:
+        raise SystemExit("busybox is not installed: `make demo` installs busybox-static")
+    for d in ("bin", "etc", "root", "tmp", "var/log", "home"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "tmp", 0o1777)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    os.chmod(root / "bin" / "busybox", 0o755)
+    applets = subprocess.run([busybox, "--list"], check=True, capture_output=True, text=True)
+    for name in applets.stdout.split():
+        if name != "busybox":
+            os.symlink("busybox", root / "bin" / name)
+    (root / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n"
+    )
+    (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (root / "etc" / "os-release").write_text('NAME="layercore demo"\nID=demo\n')
+
+
+def app_tree(root: Path, name: str, assets: int) -> None:
+    """An application directory: a script and some static files."""
     app = root / "app"
     (app / "static").mkdir(parents=True)
-    for i in range(200):
-        (app / "static" / f"asset-{i:03d}.css").write_text(f".c{i} {{ color: #{i:06x}; }}\n" * 40)
-    (app / "main.py").write_text("print('hello from layercore')\n")
-    os.link(app / "main.py", app / "entrypoint.py")
-    (root / "tmp").mkdir(mode=0o1777)
-    os.chmod(root / "tmp", stat.S_ISVTX | 0o777)
+    (app / "main.sh").write_text(f"#!/bin/sh\necho 'hello from {name}'\n")
+    os.chmod(app / "main.sh", 0o755)
+    for i in range(assets):
+        (app / "static" / f"{name}-{i:03d}.css").write_text(f".c{i} {{ color: #{i:06x}; }}\n" * 40)
+
+
+def run(store: Store, *argv: str) -> None:
+    """Runs one `layercore` command against the store, echoing it first."""
+    print(f"\n$ layercore {' '.join(argv)}", flush=True)
+    status = cli.main(["--store", str(store.root), *argv])
+    if status != 0:
+        raise SystemExit(status)
 
 
 def main() -> None:
-    home = default_home() / "demo"
-    home.mkdir(parents=True, exist_ok=True)
-    epoch = 1_700_000_000
+    os.environ["SOURCE_DATE_EPOCH"] = str(EPOCH)
+    store = Store()
+    print(f"store: {store.root} (an OCI image layout)")
     with tempfile.TemporaryDirectory(prefix="layercore-demo-") as tmp:
-        src = Path(tmp) / "rootfs"
-        generate_tree(src)
-        print(f"source tree: {src}")
-        print(f"layers go to: {home}\n")
-        layers = []
-        for compression in (None, "gzip", "zstd"):
-            out = home / BLOB_NAMES[compression]
-            started = time.perf_counter()
-            layer = Layer.from_dir(src, out, compression=compression, source_date_epoch=epoch)
-            took = time.perf_counter() - started
-            layers.append(layer)
-            print(
-                f"{compression or 'tar':>5}: {layer.path.name}  {layer.size:>9,} bytes  "
-                f"{took * 1000:6.1f} ms"
+        work = Path(tmp)
+        rootfs, app, worker = work / "rootfs", work / "app", work / "worker"
+        busybox_rootfs(rootfs)
+        app_tree(app, "app", 200)
+        app_tree(worker, "worker", 50)
+
+        started = time.perf_counter()
+        base = (
+            Image.scratch()
+            .append(
+                store.build_layer(rootfs, source_date_epoch=EPOCH),
+                created_by="ADD busybox-rootfs /",
             )
-            print(f"       media_type {layer.media_type}")
-            print(f"       digest     {layer.digest}")
-            print(f"       diff_id    {layer.diff_id}")
-        assert len({layer.diff_id for layer in layers}) == 1, (
-            "diff_id must not depend on compression"
+            .with_config(env={"PATH": "/bin"}, cmd=["sh"])
         )
-        print("\nsame diff_id for all three: the uncompressed tar is identical\n")
+        base = store.save(base, BASE)
+        print(f"saved {BASE:<14} {base.digest}  ({time.perf_counter() - started:.2f} s)")
 
-        gz = layers[1]
-        gz.verify()
-        print(f"verified {gz.path.name} against its digest and diff_id")
-        print(f"chain_id of a two-layer stack of it: {chain_id([gz.diff_id, gz.diff_id])}\n")
-
-        print("listing (first 20 entries):")
-        for i, entry in enumerate(gz.entries()):
-            if i == 20:
-                print("  ...")
-                break
-            target = f" -> {entry.linkname}" if entry.linkname else ""
-            print(
-                f"  {entry.kind:<8} {entry.mode:04o} {entry.uid}/{entry.gid} "
-                f"{entry.size:>8} {entry.path}{target}"
+        for tag, tree, name in ((APP, app, "app"), (WORKER, worker, "worker")):
+            started = time.perf_counter()
+            image = (
+                base.append(
+                    store.build_layer(tree, source_date_epoch=EPOCH),
+                    created_by=f"COPY {name} /app",
+                )
+                .with_config(working_dir="/app", env={"APP": name})
+                .with_config(labels={"org.opencontainers.image.title": name})
+                .with_config(cmd=["/app/main.sh"], exposed_ports=["8080/tcp"])
             )
-        total = sum(1 for _ in gz.entries())
-        print(f"\n{total} entries in all")
+            image = store.save(image, tag)
+            print(f"saved {tag:<14} {image.digest}  ({time.perf_counter() - started:.2f} s)")
+
+    started = time.perf_counter()
+    store.save(store.load(APP), APP)
+    print(
+        f"saved {APP} again: every blob already stored, no layer written "
+        f"({(time.perf_counter() - started) * 1000:.1f} ms)"
+    )
+
+    run(store, "images")
+    run(store, "history", APP)
+    run(store, "which", APP, "/app/main.sh")
+    run(store, "which", APP, "/bin/sh")
+    run(store, "du")
+
+    export = Path("demo-export").absolute()
+    export.mkdir(parents=True, exist_ok=True)
+    oci_dir, docker_tar = export / "app-oci", export / "app-docker.tar"
+    run(store, "export", APP, str(oci_dir), "--format", "oci")
+    run(store, "export", APP, str(docker_tar), "--format", "docker-archive")
+    print(
+        f"\nexported {APP} to {oci_dir} (try `skopeo inspect oci:{oci_dir}:app:1`) and {docker_tar}"
+    )
 
 
 if __name__ == "__main__":

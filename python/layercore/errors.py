@@ -12,8 +12,10 @@ import errno as _errno
 import os
 
 __all__ = [
+    "CorruptImageError",
     "CorruptLayerError",
     "DigestMismatchError",
+    "ImageNotFoundError",
     "LayerError",
     "LayerIOError",
     "LayerWarning",
@@ -95,6 +97,15 @@ class DigestMismatchError(LayerError, ValueError):
 
 class UnsupportedEntryError(LayerError, ValueError):
     """A source entry or archive entry that a layer cannot carry, or that a policy rejects."""
+
+
+class ImageNotFoundError(LayerError, LookupError):
+    """The store has no image under that tag or digest (``path`` is the store's root)."""
+
+
+class CorruptImageError(LayerError, ValueError):
+    """A manifest, config or image index that is not valid JSON, or that contradicts itself
+    or its blobs (a layer count, digest or diff_id that does not match)."""
 
 
 class LayerWarning(UserWarning):

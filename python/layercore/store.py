@@ -1,0 +1,949 @@
+"""The embedded image store: a plain OCI image layout directory, safe to share between processes.
+
+```
+<root>/oci-layout                {"imageLayoutVersion": "1.0.0"}
+<root>/index.json                one entry per image; the tag in org.opencontainers.image.ref.name
+<root>/blobs/sha256/<hex>        manifests, configs and layers, each stored once
+<root>/.layercore/tmp/           blobs being written (same file system, renamed into blobs/)
+<root>/.layercore/stamps/<hex>   the stat of a blob when it was last known good
+<root>/.layercore/index/         merged-view index caches of layer blobs
+<root>/.layercore/gc.lock        shared while blobs are added and referenced, exclusive for gc
+<root>/.layercore/index.lock     exclusive while index.json is rewritten
+```
+
+Blobs are written to a temp file, fsync'd, checked against their digest and renamed into
+``blobs/``; nothing partial is ever visible there. Blobs are immutable, so a blob whose stat is
+still the one stamped when it was verified is served without hashing it again, and any other is
+re-hashed first. Other tools (skopeo, umoci) read the directory as the OCI layout it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from layercore import _core
+from layercore.errors import (
+    CorruptImageError,
+    DigestMismatchError,
+    ImageNotFoundError,
+    LayerError,
+    LayerIOError,
+    SourceNotFoundError,
+)
+from layercore.image import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    Image,
+    canonical_json,
+    host_architecture,
+    layer_compression,
+)
+from layercore.layer import Compression, Layer, Owner, StrPath
+
+__all__ = [
+    "REF_NAME",
+    "DiskUsage",
+    "ExportFormat",
+    "GcReport",
+    "ImageUsage",
+    "Store",
+    "check_tag",
+    "default_root",
+]
+
+#: The formats :meth:`Store.export_image` writes (see :mod:`layercore.transport`).
+ExportFormat = Literal["oci", "oci-archive", "docker-archive"]
+#: The index.json annotation that holds an image's tag.
+REF_NAME = "org.opencontainers.image.ref.name"
+
+_TAG = re.compile(r"[A-Za-z0-9]+(?:(?:[-._:@/+]|--)[A-Za-z0-9]+)*")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]{64}")
+_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
+_MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+_INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
+_EMPTY_INDEX = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What :meth:`Store.gc` removed: the blobs' digests and the bytes it freed."""
+
+    removed: list[str]
+    bytes_freed: int
+
+
+@dataclass(frozen=True)
+class ImageUsage:
+    """The disk use of one image of the store.
+
+    ``size`` is the sum of its blobs (manifest, config, layers); ``unique_bytes`` those no
+    other image uses, ``shared_bytes`` those at least one other image uses too. Several tags of
+    one image count as one image."""
+
+    tag: str | None
+    digest: str
+    size: int
+    unique_bytes: int
+    shared_bytes: int
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """The disk use of the store (see :meth:`Store.du`).
+
+    ``total_bytes``: every blob on disk; ``shared_bytes``: blobs used by more than one image,
+    each counted once; ``saved_bytes``: what sharing saves, the sum of the image sizes minus the
+    bytes of the blobs they reference; ``unreferenced_bytes``: blobs no image reaches (what
+    :meth:`Store.gc` would free)."""
+
+    total_bytes: int
+    images: list[ImageUsage]
+    shared_bytes: int
+    saved_bytes: int
+    unreferenced_bytes: int
+
+
+def default_root() -> Path:
+    """``$LAYERCORE_HOME`` if set, else ``~/.local/share/layercore``."""
+    home = os.environ.get("LAYERCORE_HOME")
+    if home:
+        return Path(home).expanduser()
+    return Path.home() / ".local" / "share" / "layercore"
+
+
+class Store:
+    """An OCI image layout on local disk holding images under tags.
+
+    Any number of processes may use one store at once: blobs appear atomically and verified,
+    ``index.json`` is rewritten under a lock, and :meth:`gc` waits for writers to finish (and
+    they for it) so it never deletes a blob a concurrent :meth:`save` is about to reference.
+    """
+
+    root: Path
+
+    def __init__(self, root: StrPath | None = None) -> None:
+        """Opens the store at ``root`` (default: :func:`default_root`), creating the layout if
+        it is missing."""
+        self.root = (default_root() if root is None else Path(root).expanduser()).absolute()
+        self._blobs = self.root / "blobs" / "sha256"
+        self._private = self.root / ".layercore"
+        self._tmp = self._private / "tmp"
+        self._stamps = self._private / "stamps"
+        self._index_dir = self._private / "index"
+        self._index_json = self.root / "index.json"
+        self._local = threading.local()
+        with _io_errors(self.root, "cannot create the store"):
+            for d in (self._blobs, self._tmp, self._stamps, self._index_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        layout = self.root / "oci-layout"
+        if not (layout.exists() and self._index_json.exists()):
+            with self.writing(), self._index_lock():
+                if not layout.exists():
+                    self._write_atomic(layout, canonical_json({"imageLayoutVersion": "1.0.0"}))
+                if not self._index_json.exists():
+                    self._write_atomic(self._index_json, canonical_json(_EMPTY_INDEX))
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob ``digest`` (``sha256:<hex>``) lives; no I/O."""
+        return self._blobs / _hex(digest)
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the blob is present (not whether it is intact: see :meth:`open_blob`)."""
+        return self.blob_path(digest).is_file()
+
+    def put_blob(self, src: StrPath | bytes, *, digest: str | None = None) -> tuple[str, int]:
+        """Adds a blob, the file ``src`` (copied) or the bytes ``src``; returns its
+        ``(digest, size)``.
+
+        With ``digest`` the bytes must hash to it, else
+        :class:`~layercore.errors.DigestMismatchError` and nothing is added. A blob already
+        present and known good is neither read nor written again. Note that a blob nothing in
+        ``index.json`` references is removed by the next :meth:`gc` unless the caller holds
+        :meth:`writing` until it is referenced."""
+        if digest is not None:
+            _hex(digest)
+        with self.writing():
+            if isinstance(src, bytes | bytearray | memoryview):
+                return self._put_bytes(bytes(src), digest)
+            return self._put_file(Path(src), digest)
+
+    def put_layer(self, layer: Layer) -> Layer:
+        """Adds the blob of ``layer`` (verified against its digest) unless present; returns the
+        layer with ``path`` in the store (same media type, digest and diff_id)."""
+        digest, size = self.put_blob(layer.path, digest=layer.digest)
+        return replace(layer, path=self.blob_path(digest), size=size)
+
+    def build_layer(
+        self,
+        src: StrPath,
+        *,
+        compression: Compression = "gzip",
+        level: int | None = None,
+        source_date_epoch: int | None = None,
+        owner: Owner = "root",
+        threads: int | None = None,
+    ) -> Layer:
+        """Writes the directory ``src`` as a layer straight into the store (see
+        :meth:`Layer.from_dir <layercore.Layer.from_dir>` for the options); an identical blob
+        already present is kept and the new one dropped."""
+        with self.writing(), self._new_layer() as tmp:
+            layer = Layer.from_dir(
+                src,
+                tmp,
+                compression=compression,
+                level=level,
+                source_date_epoch=source_date_epoch,
+                owner=owner,
+                threads=threads,
+            )
+            return self._adopt(tmp, layer)
+
+    def flatten(
+        self,
+        image: Image | str,
+        tag: str | None = None,
+        *,
+        compression: Compression = "gzip",
+        level: int | None = None,
+        threads: int | None = None,
+        source_date_epoch: int | None = None,
+        created_by: str | None = None,
+    ) -> Image:
+        """:meth:`Image.flatten <layercore.Image.flatten>` of ``image`` (an image or a ref), the
+        new layer written straight into the store (never copied in afterwards); the result is
+        saved under ``tag`` (untagged when None) and returned."""
+        if tag is not None:
+            check_tag(tag)
+        source = self.load(image) if isinstance(image, str) else image
+        with self.writing(), self._new_layer() as tmp:
+            flat = source.flatten(
+                tmp,
+                compression=compression,
+                level=level,
+                threads=threads,
+                source_date_epoch=source_date_epoch,
+                created_by=created_by,
+            )
+            self._adopt(tmp, flat.layers[0])
+            return self.save(flat, tag)
+
+    def squash(
+        self,
+        image: Image | str,
+        start: int,
+        end: int,
+        tag: str | None = None,
+        *,
+        compression: Compression = "gzip",
+        level: int | None = None,
+        threads: int | None = None,
+        source_date_epoch: int | None = None,
+        created_by: str | None = None,
+    ) -> Image:
+        """:meth:`Image.squash <layercore.Image.squash>` of ``image`` (an image or a ref), the
+        merged layer written straight into the store; saved under ``tag`` (untagged when None)
+        and returned."""
+        if tag is not None:
+            check_tag(tag)
+        source = self.load(image) if isinstance(image, str) else image
+        with self.writing(), self._new_layer() as tmp:
+            squashed = source.squash(
+                start,
+                end,
+                tmp,
+                compression=compression,
+                level=level,
+                threads=threads,
+                source_date_epoch=source_date_epoch,
+                created_by=created_by,
+            )
+            self._adopt(tmp, squashed.layers[start])
+            return self.save(squashed, tag)
+
+    def open_blob(self, digest: str) -> Path:
+        """The path of the blob ``digest``, checked safe to serve.
+
+        A blob whose stat is no longer the one stamped when it was written or last verified is
+        re-hashed first: :class:`~layercore.errors.DigestMismatchError` if its bytes are not
+        ``digest``, :class:`~layercore.errors.SourceNotFoundError` if it is missing."""
+        self._check_blob(digest, force=False)
+        return self.blob_path(digest)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Holds off :meth:`gc` (a shared lock on ``.layercore/gc.lock``) while blobs are added
+        and referenced. :meth:`save`, :meth:`put_blob` and :meth:`build_layer` take it
+        themselves; hold it around several calls (``build_layer`` then ``save``) so that a
+        concurrent gc cannot remove a blob in between. Re-entrant within a thread."""
+        depth: int = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+            return
+        with _flock(self._private / "gc.lock", fcntl.LOCK_SH):
+            self._local.depth = 1
+            try:
+                yield
+            finally:
+                self._local.depth = 0
+
+    # -- images --------------------------------------------------------------------------------
+
+    def save(self, image: Image, tag: str | None = None) -> Image:
+        """Stores ``image`` (its layer blobs unless present, config and manifest) and records it
+        in ``index.json`` under ``tag``, which moves to it from any other image; untagged, it is
+        recorded once. Returns the image with its layers' paths in the store."""
+        if tag is not None:
+            check_tag(tag)
+        with self.writing():
+            layers = [self.put_layer(layer) for layer in image.layers]
+            self.put_blob(image.config_bytes, digest=image.config_digest)
+            self.put_blob(image.manifest_bytes, digest=image.digest)
+            self._add_entry(image.manifest_descriptor.to_json(), tag)
+        return Image(image.manifest_bytes, image.config_bytes, layers, index_dir=self._index_dir)
+
+    def load(self, ref: str) -> Image:
+        """The image under the tag ``ref``, or with the manifest digest ``ref`` (``sha256:<hex>``,
+        or a prefix of at least 12 hex digits that only one image of the index has).
+
+        The manifest and config are read and checked against their digests every time; the
+        layers are described from them without being read. An image index gives its manifest
+        for linux and this machine's architecture. Raises
+        :class:`~layercore.errors.ImageNotFoundError` for an unknown ref,
+        :class:`~layercore.errors.DigestMismatchError` for a damaged manifest or config and
+        :class:`~layercore.errors.CorruptImageError` for an invalid one."""
+        return self._load_entry(self._resolve(ref), ref)
+
+    def tags(self) -> dict[str, str]:
+        """Every tag and the manifest digest it names, sorted by tag."""
+        tags = {}
+        for entry in self._read_index()["manifests"]:
+            tag = _tag_of(entry)
+            if tag is not None:
+                tags[tag] = entry["digest"]
+        return dict(sorted(tags.items()))
+
+    def images(self) -> list[tuple[str | None, Image]]:
+        """Every image of ``index.json`` with its tag (None when untagged), in index order."""
+        return [
+            (_tag_of(entry), self._load_entry(entry, entry["digest"]))
+            for entry in self._read_index()["manifests"]
+        ]
+
+    def tag(self, ref: str, new_tag: str) -> None:
+        """Gives the image ``ref`` (as :meth:`load` takes it) the tag ``new_tag``, moving it from
+        any other image."""
+        check_tag(new_tag)
+        with self.writing():
+            entry = self._resolve(ref)
+            if "mediaType" not in entry:
+                entry["mediaType"] = self._media_type_of(entry["digest"])
+            descriptor = {k: entry[k] for k in ("mediaType", "digest", "size")}
+            self._add_entry(descriptor, new_tag)
+
+    def remove(self, tag: str) -> None:
+        """Drops the tag ``tag`` (or, given a digest or digest prefix, every entry of that
+        image); the blobs stay until :meth:`gc`. :class:`~layercore.errors.ImageNotFoundError`
+        if there is no such tag or image."""
+        with self.writing(), self._index_update() as index:
+            entries = index["manifests"]
+            kept = [e for e in entries if _tag_of(e) != tag]
+            if len(kept) == len(entries):
+                digest = self._match_digest(tag, entries)
+                if digest is None:
+                    raise ImageNotFoundError(f"no tag or image {tag!r} in the store", self.root)
+                kept = [e for e in entries if e["digest"] != digest]
+            index["manifests"] = kept
+
+    def gc(self) -> GcReport:
+        """Deletes every blob that no entry of ``index.json`` reaches (image index -> manifests
+        -> config and layers), with its stamp and index cache, and the leftovers of interrupted
+        writes. Waits for concurrent writers (see :meth:`writing`) and holds them off while it
+        runs. Raises (deleting nothing) if a reachable manifest is missing, damaged or invalid,
+        since the blobs it names could not be known."""
+        if getattr(self._local, "depth", 0):
+            raise RuntimeError("Store.gc() cannot run inside Store.writing() in the same thread")
+        with _flock(self._private / "gc.lock", fcntl.LOCK_EX):
+            reachable = self._reachable(self._read_index()["manifests"])
+            removed: list[str] = []
+            freed = 0
+            for name, size in _files(self._blobs):
+                if not _HEX.fullmatch(name) or f"sha256:{name}" in reachable:
+                    continue
+                with _io_errors(self._blobs / name, "cannot remove unreferenced blob"):
+                    (self._blobs / name).unlink(missing_ok=True)
+                self._forget(name)
+                removed.append(f"sha256:{name}")
+                freed += size
+            for name, _size in _files(self._stamps):
+                if _HEX.fullmatch(name) and not (self._blobs / name).exists():
+                    self._forget(name)
+            # Every writer holds the gc lock shared, so whatever is in tmp/ now was left behind
+            # by a process that died mid-write.
+            for name, size in _files(self._tmp):
+                (self._tmp / name).unlink(missing_ok=True)
+                freed += size
+            if removed:
+                _fsync_dir(self._blobs)
+        return GcReport(sorted(removed), freed)
+
+    def du(self) -> DiskUsage:
+        """How the store's bytes are used: per image, and what sharing blobs saves."""
+        entries = self._read_index()["manifests"]
+        on_disk = dict(_files(self._blobs))
+        blobs_of: dict[str, dict[str, int]] = {}
+        for entry in entries:
+            if entry["digest"] not in blobs_of:
+                reached = self._reachable([entry])
+                blobs_of[entry["digest"]] = {
+                    d: on_disk.get(_hex(d), size) for d, size in reached.items()
+                }
+        users: dict[str, int] = {}
+        for blobs in blobs_of.values():
+            for d in blobs:
+                users[d] = users.get(d, 0) + 1
+        images = []
+        for entry in entries:
+            blobs = blobs_of[entry["digest"]]
+            size = sum(blobs.values())
+            unique = sum(s for d, s in blobs.items() if users[d] == 1)
+            images.append(ImageUsage(_tag_of(entry), entry["digest"], size, unique, size - unique))
+        referenced: dict[str, int] = {}
+        for blobs in blobs_of.values():
+            referenced.update(blobs)
+        image_bytes = sum(sum(blobs.values()) for blobs in blobs_of.values())
+        return DiskUsage(
+            total_bytes=sum(on_disk.values()),
+            images=images,
+            shared_bytes=sum(s for d, s in referenced.items() if users[d] > 1),
+            saved_bytes=image_bytes - sum(referenced.values()),
+            unreferenced_bytes=sum(
+                s for name, s in on_disk.items() if f"sha256:{name}" not in referenced
+            ),
+        )
+
+    def verify(self, ref: str | None = None) -> list[str]:
+        """Re-hashes the blobs of the image ``ref``, or every blob of the store and every blob
+        an image references; returns the digests that are damaged or missing (sorted), and
+        raises nothing for them. Good blobs get a fresh stamp."""
+        damaged: set[str] = set()
+        if ref is None:
+            entries = self._read_index()["manifests"]
+            digests = {f"sha256:{name}" for name, _ in _files(self._blobs) if _HEX.fullmatch(name)}
+        else:
+            entries = [self._resolve(ref)]
+            digests = set()
+        digests.update(self._reachable(entries, damaged=damaged))
+        for digest in sorted(digests - damaged):
+            try:
+                self._check_blob(digest, force=True)
+            except (DigestMismatchError, SourceNotFoundError):
+                damaged.add(digest)
+        return sorted(damaged)
+
+    def export_image(
+        self,
+        ref: str,
+        dest: StrPath,
+        format: ExportFormat = "oci",
+        *,
+        name: str | None = None,
+    ) -> Path:
+        """Writes the image ``ref`` to ``dest`` as an OCI layout, an OCI archive or a
+        ``docker save`` archive (see :func:`layercore.transport.export_image`)."""
+        from layercore import transport
+
+        return transport.export_image(self, ref, dest, format, name=name)
+
+    def import_image(
+        self, src: StrPath, tag: str | None = None, *, name: str | None = None
+    ) -> Image:
+        """Reads an image from an OCI layout, an OCI archive or a ``docker save`` archive into
+        the store (see :func:`layercore.transport.import_image`)."""
+        from layercore import transport
+
+        return transport.import_image(self, src, tag, name=name)
+
+    # -- blob internals ------------------------------------------------------------------------
+
+    def _put_bytes(self, data: bytes, digest: str | None) -> tuple[str, int]:
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if digest is not None and actual != digest:
+            raise DigestMismatchError(
+                f"the bytes given for blob {digest} hash to {actual}",
+                self.blob_path(digest),
+                what="digest",
+                expected=digest,
+                actual=actual,
+            )
+        if self._known_good(actual):
+            return actual, len(data)
+        tmp = self._tmp_path(".blob")
+        try:
+            with _io_errors(tmp, "cannot write a new blob"):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                try:
+                    os.fchmod(fd, 0o644)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            self._install(tmp, actual)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return actual, len(data)
+
+    def _put_file(self, src: Path, digest: str | None) -> tuple[str, int]:
+        if digest is not None and self._known_good(digest):
+            return digest, self.blob_path(digest).stat().st_size
+        tmp = self._tmp_path(".blob")
+        try:
+            actual, size = _core.copy_blob(os.fspath(src), os.fspath(tmp), expected_digest=digest)
+            assert actual is not None
+            self._install(tmp, actual)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return actual, size
+
+    @contextmanager
+    def _new_layer(self) -> Iterator[Path]:
+        """A temp path in the store for a layer that layercore's writer is about to produce (it
+        computes the digest as it writes); removed unless :meth:`_adopt` moved it in."""
+        tmp = self._tmp_path(".layer")
+        try:
+            yield tmp
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _adopt(self, tmp: Path, layer: Layer) -> Layer:
+        """Moves the layer just written at ``tmp`` (its digest computed while writing) into
+        ``blobs/``; an identical blob already there is kept."""
+        with _io_errors(tmp, "cannot sync the new layer"):
+            _fsync_path(tmp)
+        return replace(layer, path=self._install(tmp, layer.digest))
+
+    def _install(self, tmp: Path, digest: str) -> Path:
+        """Renames the complete, verified, synced file ``tmp`` into ``blobs/`` as ``digest``,
+        unless a blob known to be good is already there."""
+        final = self.blob_path(digest)
+        if self._known_good(digest):
+            return final
+        with _io_errors(final, "cannot add blob"):
+            os.rename(tmp, final)
+            _fsync_dir(self._blobs)
+            self._write_stamp(_hex(digest), os.stat(final))
+        return final
+
+    def _known_good(self, digest: str) -> bool:
+        """Present, and its stat still the one stamped when it was verified."""
+        try:
+            st = os.stat(self.blob_path(digest))
+        except FileNotFoundError:
+            return False
+        return self._stamp_matches(_hex(digest), st)
+
+    def _check_blob(self, digest: str, *, force: bool) -> os.stat_result:
+        """Stat of the blob ``digest`` once known good: re-hashed unless (``force`` is off and)
+        its stamp matches. Retries when the blob is replaced while being hashed (a concurrent
+        writer renaming an identical blob over it)."""
+        path = self.blob_path(digest)
+        for _attempt in range(3):
+            try:
+                before = os.stat(path)
+            except FileNotFoundError:
+                raise SourceNotFoundError(f"blob {digest} is not in the store", path) from None
+            if not force and self._stamp_matches(_hex(digest), before):
+                return before
+            actual = _core.sha256_file(os.fspath(path))
+            after = os.stat(path)
+            if _stat_key(after) != _stat_key(before):
+                continue
+            if actual != digest:
+                raise DigestMismatchError(
+                    f"blob is damaged: its bytes hash to {actual}, not to its name {digest}",
+                    path,
+                    what="digest",
+                    expected=digest,
+                    actual=actual,
+                )
+            self._write_stamp(_hex(digest), after)
+            return after
+        raise LayerIOError(f"blob {digest} kept changing while it was verified", path)
+
+    def _read_blob(self, digest: str, what: str) -> bytes:
+        """The bytes of a small blob (manifest, config, index), hashed every time."""
+        path = self.blob_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise SourceNotFoundError(f"{what} blob {digest} is not in the store", path) from None
+        except OSError as e:
+            raise LayerIOError(f"cannot read {what} blob: {e.strerror}", path) from None
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise DigestMismatchError(
+                f"{what} blob is damaged: its bytes hash to {actual}, not to its name {digest}",
+                path,
+                what="digest",
+                expected=digest,
+                actual=actual,
+            )
+        return data
+
+    def _stamp_matches(self, hex_digest: str, st: os.stat_result) -> bool:
+        try:
+            recorded = (self._stamps / hex_digest).read_text()
+        except OSError:
+            return False
+        return recorded == _stamp_text(st)
+
+    def _write_stamp(self, hex_digest: str, st: os.stat_result) -> None:
+        """Records a verified blob's stat. A stamp only spares a re-hash, so failing to write
+        one is not an error; its temp file lives beside it, out of gc's way."""
+        stamp = self._stamps / hex_digest
+        tmp = stamp.with_name(f"{hex_digest}.{secrets.token_hex(6)}.tmp")
+        try:
+            tmp.write_text(_stamp_text(st))
+            os.replace(tmp, stamp)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+    def _forget(self, hex_digest: str) -> None:
+        """Removes what the store keeps about a blob besides the blob itself."""
+        (self._stamps / hex_digest).unlink(missing_ok=True)
+        for cache in self._index_dir.glob(f"{hex_digest}*"):
+            cache.unlink(missing_ok=True)
+
+    def _tmp_path(self, suffix: str) -> Path:
+        return self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}{suffix}"
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        tmp = self._tmp_path(".json")
+        try:
+            with _io_errors(path, "cannot write"):
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+                _fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- index internals -----------------------------------------------------------------------
+
+    @contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        with _flock(self._private / "index.lock", fcntl.LOCK_EX):
+            yield
+
+    @contextmanager
+    def _index_update(self) -> Iterator[dict[str, Any]]:
+        """index.json read, changed by the caller and written back atomically, under the lock;
+        nothing is written if the caller raises."""
+        with self._index_lock():
+            index = self._read_index()
+            yield index
+            self._write_atomic(self._index_json, canonical_json(index))
+
+    def _read_index(self) -> dict[str, Any]:
+        path = self._index_json
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptImageError("the store's index.json is missing", path) from None
+        try:
+            index = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CorruptImageError(f"not valid JSON: {e}", path) from None
+        manifests = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(manifests, list):
+            raise CorruptImageError("not an image index: no 'manifests' list", path)
+        for entry in manifests:
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("digest"), str)
+                or not _DIGEST.fullmatch(entry["digest"])
+            ):
+                raise CorruptImageError(f"entry without a sha256 digest: {entry!r}", path)
+        assert isinstance(index, dict)
+        return index
+
+    def _add_entry(self, descriptor: dict[str, Any], tag: str | None) -> None:
+        """Records an image in index.json: a tag moves to it; untagged, it is added once."""
+        digest = descriptor["digest"]
+        with self._index_update() as index:
+            entries: list[dict[str, Any]] = index["manifests"]
+            if tag is None:
+                if any(e["digest"] == digest for e in entries):
+                    return
+                entries.append(descriptor)
+                return
+            index["manifests"] = [
+                e
+                for e in entries
+                if _tag_of(e) != tag and not (e["digest"] == digest and _tag_of(e) is None)
+            ]
+            index["manifests"].append({**descriptor, "annotations": {REF_NAME: tag}})
+
+    def _resolve(self, ref: str) -> dict[str, Any]:
+        """The index.json entry ``ref`` names (a copy); a full digest of a manifest that is in
+        the store but not in the index gives an entry without media type."""
+        entries = self._read_index()["manifests"]
+        if _DIGEST.fullmatch(ref):
+            for entry in entries:
+                if entry["digest"] == ref:
+                    return dict(entry)
+            if self.has_blob(ref):
+                return {"digest": ref, "size": self.blob_path(ref).stat().st_size}
+        for entry in entries:
+            if _tag_of(entry) == ref:
+                return dict(entry)
+        digest = self._match_digest(ref, entries)
+        if digest is not None:
+            return dict(next(e for e in entries if e["digest"] == digest))
+        raise ImageNotFoundError(f"no image {ref!r} in the store", self.root)
+
+    def _match_digest(self, ref: str, entries: list[dict[str, Any]]) -> str | None:
+        match = _PREFIX.fullmatch(ref)
+        if match is None:
+            return None
+        prefix = "sha256:" + match.group(1)
+        found = sorted({e["digest"] for e in entries if e["digest"].startswith(prefix)})
+        if len(found) > 1:
+            raise ImageNotFoundError(
+                f"{ref!r} is ambiguous: it starts {', '.join(found)}", self.root
+            )
+        return found[0] if found else None
+
+    def _media_type_of(self, digest: str) -> str:
+        obj = _parse(self._read_blob(digest, "manifest"), self.blob_path(digest), "manifest")
+        media_type = obj.get("mediaType", OCI_MANIFEST)
+        return media_type if isinstance(media_type, str) else OCI_MANIFEST
+
+    def _load_entry(self, entry: Mapping[str, Any], ref: str) -> Image:
+        digest: str = entry["digest"]
+        path = self.blob_path(digest)
+        data = self._read_blob(digest, f"manifest of {ref}")
+        manifest = _parse(data, path, f"manifest of {ref}")
+        media_type = manifest.get("mediaType", entry.get("mediaType", OCI_MANIFEST))
+        if media_type in _INDEX_TYPES:
+            return self._load_entry(self._platform_manifest(manifest, path, ref), ref)
+        try:
+            config_desc = Descriptor.from_json(manifest.get("config") or {})
+            _hex(config_desc.digest)
+            descriptors = [Descriptor.from_json(d) for d in manifest.get("layers") or []]
+            for d in descriptors:
+                _hex(d.digest)
+        except (CorruptImageError, ValueError) as e:
+            raise CorruptImageError(f"invalid manifest of {ref}: {e}", path) from None
+        config_path = self.blob_path(config_desc.digest)
+        config_bytes = self._read_blob(config_desc.digest, f"config of {ref}")
+        config = _parse(config_bytes, config_path, f"config of {ref}")
+        rootfs = config.get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list):
+            diff_ids = []
+        layers = [
+            Layer(
+                path=self.blob_path(d.digest),
+                media_type=d.media_type,
+                digest=d.digest,
+                diff_id=str(diff_ids[i]) if i < len(diff_ids) else "",
+                size=d.size,
+                uncompressed_size=None,
+                compression=layer_compression(d.media_type),
+            )
+            for i, d in enumerate(descriptors)
+        ]
+        try:
+            return Image(data, config_bytes, layers, index_dir=self._index_dir)
+        except CorruptImageError as e:
+            raise CorruptImageError(f"image {ref}: {e.message}", path) from None
+
+    def _platform_manifest(self, index: dict[str, Any], path: Path, ref: str) -> dict[str, Any]:
+        """The manifest of an image index for linux on this machine's architecture."""
+        arch, variant = host_architecture()
+        manifests = index.get("manifests")
+        if not isinstance(manifests, list):
+            raise CorruptImageError(f"image index of {ref} has no 'manifests' list", path)
+        platforms = []
+        for entry in manifests:
+            platform = entry.get("platform") if isinstance(entry, dict) else None
+            if not isinstance(platform, dict):
+                continue
+            os_arch = f"{platform.get('os')}/{platform.get('architecture')}"
+            platforms.append(os_arch + (f"/{platform['variant']}" if "variant" in platform else ""))
+            if (
+                os_arch == f"linux/{arch}"
+                and (variant is None or platform.get("variant") in (None, variant))
+                and isinstance(entry.get("digest"), str)
+                and _DIGEST.fullmatch(entry["digest"])
+            ):
+                return dict(entry)
+        raise ImageNotFoundError(
+            f"{ref} is a multi-platform image without a manifest for linux/{arch} "
+            f"(it has: {', '.join(platforms) or 'no platforms'})",
+            self.root,
+        )
+
+    def _reachable(
+        self, roots: Iterable[Mapping[str, Any]], *, damaged: set[str] | None = None
+    ) -> dict[str, int]:
+        """Every blob reachable from the descriptors ``roots`` -> its size per its descriptor.
+
+        Manifests and indexes are read (and hashed) to follow them. Without ``damaged`` a
+        missing, damaged or invalid one raises; with it, its digest is added there and it is
+        not followed."""
+        found: dict[str, int] = {}
+        queue: list[Mapping[str, Any]] = list(roots)
+        while queue:
+            desc = queue.pop()
+            digest = desc.get("digest")
+            if not isinstance(digest, str) or not _DIGEST.fullmatch(digest) or digest in found:
+                continue
+            size = desc.get("size")
+            found[digest] = size if isinstance(size, int) else 0
+            media_type = desc.get("mediaType")
+            if media_type is not None and media_type not in _MANIFEST_TYPES + _INDEX_TYPES:
+                continue
+            try:
+                obj = _parse(self._read_blob(digest, "manifest"), self.blob_path(digest), "blob")
+            except LayerError:
+                if damaged is None:
+                    raise
+                damaged.add(digest)
+                continue
+            kind = obj.get("mediaType", media_type)
+            if kind in _INDEX_TYPES or (kind is None and "manifests" in obj):
+                children = obj.get("manifests")
+            else:
+                children = [obj.get("config"), *(obj.get("layers") or [])]
+            if isinstance(children, list):
+                queue.extend(c for c in children if isinstance(c, dict))
+        return found
+
+
+def check_tag(tag: str) -> str:
+    """``tag`` if it is a valid OCI ref name (``app:1.0``, ``example.com/app:v1``), else
+    ``ValueError`` naming it. A digest (``sha256:<hex>``) is not a tag."""
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag) or _DIGEST.fullmatch(tag):
+        raise ValueError(
+            f"invalid tag {tag!r}: a tag is letters and digits joined by single '-._:@/+' "
+            "characters or '--' (for example app:1.0 or example.com/app:v1)"
+        )
+    return tag
+
+
+def _hex(digest: str) -> str:
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise ValueError(f"not a sha256 digest (sha256:<64 lowercase hex>): {digest!r}")
+    return digest[7:]
+
+
+def _tag_of(entry: Mapping[str, Any]) -> str | None:
+    annotations = entry.get("annotations")
+    if isinstance(annotations, dict):
+        tag = annotations.get(REF_NAME)
+        if isinstance(tag, str):
+            return tag
+    return None
+
+
+def _parse(data: bytes, path: Path, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptImageError(f"{what} is not valid JSON: {e}", path) from None
+    if not isinstance(obj, dict):
+        raise CorruptImageError(f"{what} is not a JSON object", path)
+    return obj
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _stamp_text(st: os.stat_result) -> str:
+    return " ".join(str(v) for v in _stat_key(st)) + "\n"
+
+
+def _files(directory: Path) -> Iterator[tuple[str, int]]:
+    """``(name, size)`` of each regular file directly in ``directory``."""
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        yield entry.name, entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+    except FileNotFoundError:
+        return
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with _io_errors(path, "cannot open lock file"):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _io_errors(path: Path, what: str) -> Iterator[None]:
+    """Turns a plain OSError into a :class:`~layercore.errors.LayerIOError` naming ``path``."""
+    try:
+        yield
+    except LayerError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise SourceNotFoundError(f"{what}: {e.strerror}", e.filename or path) from e
+        raise LayerIOError(f"{what}: {e.strerror or e}", e.filename or path) from e
