@@ -70,6 +70,9 @@ pub struct CopyOptions<'a> {
     pub expected_digest: Option<&'a str>,
     /// Hash the bytes while copying them.
     pub verify: bool,
+    /// fsync `dest` before returning. A caller copying several blobs can turn it off and fsync
+    /// them all at the end, so that one blob's copy overlaps the previous one's writeback.
+    pub sync: bool,
 }
 
 impl Default for CopyOptions<'_> {
@@ -79,6 +82,7 @@ impl Default for CopyOptions<'_> {
             length: None,
             expected_digest: None,
             verify: true,
+            sync: true,
         }
     }
 }
@@ -93,7 +97,7 @@ pub struct Copied {
 /// Copies bytes `[offset, offset + length)` of `src` into the new file `dest`.
 ///
 /// `dest` must not exist (it is created with `O_EXCL`, mode 0644) and is fsync'd before this
-/// returns. With `verify`, the sha256 of the bytes is computed while they are copied and compared
+/// returns (unless `options.sync` is off). With `verify`, the sha256 of the bytes is computed while they are copied and compared
 /// with `expected_digest` when given ([`Error::DigestMismatch`] naming `src`). A source that ends
 /// before `offset + length` is [`Error::Truncated`] naming `src`. On any error after `dest` was
 /// created (including a mismatch and an interruption by `check`), `dest` is removed.
@@ -168,7 +172,7 @@ pub fn copy_blob(
         // The fsync overlaps the end of the hash; on a mismatch it was wasted, which is rare.
         let copied = copy_range(&source, src, &file, dest, start, len, &stop, check, true)
             .and_then(|()| {
-                if stop.load(Ordering::Relaxed) {
+                if !options.sync || stop.load(Ordering::Relaxed) {
                     return Ok(());
                 }
                 file.sync_all()

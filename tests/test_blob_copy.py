@@ -214,3 +214,17 @@ def test_a_copy_across_filesystems_gives_the_same_bytes(tmp_path: Path) -> None:
         src.unlink()
     assert got == (sha256(data[17:]), len(data) - 17)
     assert (tmp_path / "dest").read_bytes() == data[17:]
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_copy_without_fsync_is_still_complete_and_checked(tmp_path: Path, verify: bool) -> None:
+    data = pattern(3 << 20)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    dest = tmp_path / "dest"
+    digest, size = _core.copy_blob(src, dest, verify=verify, sync=False)
+    assert (digest, size) == ((sha256(data) if verify else None), len(data))
+    assert dest.read_bytes() == data
+    with pytest.raises(DigestMismatchError):
+        _core.copy_blob(src, tmp_path / "bad", expected_digest=sha256(b"x"), sync=False)
+    assert not (tmp_path / "bad").exists()

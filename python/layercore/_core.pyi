@@ -203,4 +203,5 @@ def copy_blob(
     length: int | None = None,
     expected_digest: str | None = None,
     verify: bool = True,
+    sync: bool = True,
 ) -> tuple[str | None, int]: ...

@@ -96,7 +96,7 @@ from layercore.image import (
     host_architecture,
 )
 from layercore.layer import Compression, Layer, StrPath
-from layercore.store import REF_NAME, _fsync_dir, check_tag
+from layercore.store import REF_NAME, _fsync_dir, _fsync_path, check_tag
 
 if TYPE_CHECKING:
     from layercore.store import Store
@@ -217,7 +217,7 @@ def import_image(
                     f"{src_path}: the image's own name {own_name!r} is not a valid tag; "
                     "pass a tag to import it under"
                 ) from None
-        # Every staged blob was verified (and fsync'd) as it was copied in: move them into
+        # Every staged blob was verified as it was copied in: sync them and move them into
         # blobs/ rather than have save() copy them a second time.
         importer.install_staged()
         return store.save(image, tag)
@@ -275,7 +275,7 @@ class _DirSource(_Source):
         path = self._path(name)
         try:
             digest, size = copy_blob(
-                os.fspath(path), os.fspath(dest), expected_digest=expected_digest
+                os.fspath(path), os.fspath(dest), expected_digest=expected_digest, sync=False
             )
         except DigestMismatchError as e:
             raise _blob_mismatch(name, e, self.origin) from None
@@ -379,6 +379,7 @@ class _TarSource(_Source):
                 offset=member.offset,
                 length=member.size,
                 expected_digest=expected_digest,
+                sync=False,
             )
         except DigestMismatchError as e:
             raise _blob_mismatch(name, e, self.origin) from None
@@ -637,6 +638,10 @@ class _Importer:
 
     def install_staged(self) -> None:
         """Renames every staged (verified, synced) blob into the store's ``blobs/``."""
+        # Copied without a per-blob fsync (one copy overlaps the writeback of the ones before
+        # it); each is synced here, before it becomes visible.
+        for path in self._staged.values():
+            _fsync_path(path)
         for digest, path in self._staged.items():
             self.store._install(path, digest)
 
@@ -796,19 +801,27 @@ def _write_layout(dest: Path, image: Image, name: str | None, blobs: list[_Blob]
             _write_atomic(layout, _LAYOUT_BYTES)
         blob_dir = dest / "blobs" / "sha256"
         blob_dir.mkdir(parents=True, exist_ok=True)
-        for blob in blobs:
-            target = dest / _blob_name(blob.digest)
-            with contextlib.suppress(FileNotFoundError):
-                st = target.stat()
-                if stat.S_ISREG(st.st_mode) and st.st_size == blob.size:
-                    continue
-            tmp = blob_dir / f".{target.name}.{secrets.token_hex(8)}.tmp"
-            try:
-                copy_blob(os.fspath(blob.path), os.fspath(tmp), verify=False)
+        # Every blob is copied first and fsync'd after: each copy overlaps the writeback of the
+        # ones before it. Only synced blobs are renamed into place.
+        pending: list[tuple[Path, Path]] = []
+        try:
+            for blob in blobs:
+                target = dest / _blob_name(blob.digest)
+                with contextlib.suppress(FileNotFoundError):
+                    st = target.stat()
+                    if stat.S_ISREG(st.st_mode) and st.st_size == blob.size:
+                        continue
+                tmp = blob_dir / f".{target.name}.{secrets.token_hex(8)}.tmp"
+                pending.append((tmp, target))
+                copy_blob(os.fspath(blob.path), os.fspath(tmp), verify=False, sync=False)
+            for tmp, _target in pending:
+                _fsync_path(tmp)
+            for tmp, target in pending:
                 os.replace(tmp, target)
-            except BaseException:
+        except BaseException:
+            for tmp, _target in pending:
                 tmp.unlink(missing_ok=True)
-                raise
+            raise
         _fsync_dir(blob_dir)
         index_path = dest / OCI_INDEX_FILE
         if index_path.exists():

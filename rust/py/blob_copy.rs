@@ -18,10 +18,12 @@ fn position(name: &str, value: i64) -> PyResult<u64> {
 }
 
 /// Copies bytes `[offset, offset+length)` of `src` (to its end when `length` is None) into the
-/// new file `dest` (O_EXCL, mode 0644, fsync'd); returns `(digest or None, size)`. With `verify`
+/// new file `dest` (O_EXCL, mode 0644, fsync'd unless `sync` is false); returns `(digest or None, size)`. With `verify`
 /// the sha256 is computed while copying and checked against `expected_digest` when given.
+// A Python signature of keyword options, as the other bindings have.
+#[allow(clippy::too_many_arguments)]
 #[pyfunction]
-#[pyo3(signature = (src, dest, *, offset=0, length=None, expected_digest=None, verify=true))]
+#[pyo3(signature = (src, dest, *, offset=0, length=None, expected_digest=None, verify=true, sync=true))]
 fn copy_blob(
     py: Python<'_>,
     src: PathBuf,
@@ -30,6 +32,7 @@ fn copy_blob(
     length: Option<i64>,
     expected_digest: Option<String>,
     verify: bool,
+    sync: bool,
 ) -> PyResult<(Option<String>, u64)> {
     let offset = position("offset", offset)?;
     let length = length.map(|l| position("length", l)).transpose()?;
@@ -39,6 +42,7 @@ fn copy_blob(
             length,
             expected_digest: expected_digest.as_deref(),
             verify,
+            sync,
         };
         blob_copy::copy_blob(&src, &dest, &options, check)
     })?;
