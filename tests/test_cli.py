@@ -380,14 +380,22 @@ def test_full_flow(lc: CLI, tmp_path: Path) -> None:
     # export / import, through every format
     digest = image_digest(lc, "demo:1")
     diff_ids = list(Store(lc.store).load("demo:1").diff_ids)
-    for fmt, dest in (
-        ("oci", tmp_path / "layout"),
-        ("oci-archive", tmp_path / "demo-oci.tar"),
-        ("docker-archive", tmp_path / "demo-docker.tar"),
+    for fmt, layout, dest in (
+        ("oci", None, tmp_path / "layout"),
+        ("oci-archive", None, tmp_path / "demo-oci.tar"),
+        ("docker-archive", "oci", tmp_path / "demo-docker.tar"),
+        ("docker-archive", "legacy", tmp_path / "demo-legacy.tar"),
     ):
-        exported = lc.json("export", "demo:1", str(dest), "--format", fmt)
-        assert exported == {"digest": digest, "dest": str(dest), "format": fmt, "name": None}
-        other = CLI(tmp_path / f"store-{fmt}", lc.capsys)
+        options = ["--docker-layout", "legacy"] if layout == "legacy" else []
+        exported = lc.json("export", "demo:1", str(dest), "--format", fmt, *options)
+        assert exported == {
+            "digest": digest,
+            "dest": str(dest),
+            "format": fmt,
+            "docker_layout": layout,
+            "name": None,
+        }
+        other = CLI(tmp_path / f"store-{dest.stem}", lc.capsys)
         imported = other.json("import", str(dest), "--tag", "back:1")
         assert isinstance(imported, dict)
         assert imported["tag"] == "back:1"
@@ -395,6 +403,12 @@ def test_full_flow(lc: CLI, tmp_path: Path) -> None:
         assert other("cat", "back:1", "/etc/hostname") == "app\n"
         if fmt != "docker-archive":
             assert imported["digest"] == digest
+        if layout == "legacy":
+            # Uncompressed layer.tar members: the imported layers are plain tars.
+            assert [x["digest"] for x in imported["layers"]] == diff_ids
+            with tarfile.open(dest) as tar:
+                names = tar.getnames()
+            assert "repositories" in names and "oci-layout" not in names
 
     # tag / rm / gc / du
     assert lc("tag", "demo:1", "demo:latest") == f"tagged demo:latest -> {digest}\n"
@@ -706,6 +720,43 @@ def test_import_takes_the_name_in_the_source(lc: CLI, app: str, tmp_path: Path) 
     assert imported["tag"] == "shipped"
     assert imported["digest"] == image_digest(lc, app)
     assert other("import", str(layout), "--name", "base").startswith("base sha256:")
+
+
+def test_export_docker_layout(lc: CLI, app: str, tmp_path: Path) -> None:
+    legacy = tmp_path / "legacy.tar"
+    out = lc("export", app, str(legacy), "--format", "docker-archive", "--docker-layout", "legacy")
+    assert out.endswith(f"to {legacy} (docker-archive, legacy layout)\n")
+    with tarfile.open(legacy) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert manifest[0]["RepoTags"] == ["app:1"]
+    assert all(name.endswith("/layer.tar") for name in manifest[0]["Layers"])
+    # --docker-layout is for docker-archives only: a usage error, and nothing is written.
+    for fmt in ("oci", "oci-archive"):
+        dest = tmp_path / f"out-{fmt}"
+        err = lc.fail("export", app, str(dest), "--format", fmt, "--docker-layout", "oci", status=2)
+        assert err.startswith("layercore: error: export: --docker-layout applies to")
+        assert fmt in err
+        assert not dest.exists()
+    assert "invalid choice" in lc.fail(
+        "export", app, str(legacy), "--format", "docker-archive", "--docker-layout", "v1", status=2
+    )
+
+
+def test_export_legacy_of_zstd_layers_without_zstandard_is_an_error(
+    lc: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lc("image", "new", "z:1")
+    lc("image", "append", "z:1", str(app_tree(tmp_path / "app")), "--compression", "zstd")
+    dest = tmp_path / "z.tar"
+    argv = ["export", "z:1", str(dest), "--format", "docker-archive", "--docker-layout", "legacy"]
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "zstandard", None)
+        err = lc.fail(*argv)
+    assert err.startswith("layercore: error: exporting a zstd layer")
+    assert "pip install 'layercore[zstd]'" in err
+    assert not dest.exists()
+    lc(*argv)
+    assert dest.exists()
 
 
 # --- tags, rm, gc, du, verify ---------------------------------------------------------------

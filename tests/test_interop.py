@@ -1,9 +1,10 @@
 """What real tools make of our exports, and what we make of theirs.
 
-skopeo reads our OCI layouts and archives and copies them; umoci unpacks our layout (checking
-every diff_id) into the tree our own extract gives; oci-image-tool validates our layouts and
-the store itself; images written by skopeo and buildah import with their content. Every tool is
-required: a missing one fails the test (``make test`` installs them).
+skopeo reads our OCI layouts and archives (docker-archives in both forms) and copies them;
+umoci unpacks our layout (checking every diff_id) into the tree our own extract gives;
+oci-image-tool validates our layouts and the store itself; images written by skopeo and buildah
+import with their content. Every tool is required: a missing one fails the test (``make test``
+installs them).
 """
 
 from __future__ import annotations
@@ -215,6 +216,34 @@ def test_skopeo_copy_of_our_docker_archive_keeps_diff_ids(
     imported = transport.import_image(other, tmp_path / "out")
     assert imported.diff_ids == image.diff_ids
     assert stack_tree(imported) == stack_tree(image)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_skopeo_reads_our_legacy_docker_archive(
+    store: Store, tmp_path: Path, skopeo: Run, compression: str, request: pytest.FixtureRequest
+) -> None:
+    """The legacy form holds uncompressed layers (so even a zstd image reads, which skopeo
+    1.9 refuses in Docker formats otherwise) and a repeated layer as a symlink."""
+    image: Image = request.getfixturevalue("image" if compression == "gzip" else "zstd_image")
+    legacy = store.save(image.append(image.layers[0], created=0), "app:legacy")
+    archive = transport.export_image(
+        store, "app:legacy", tmp_path / "legacy.tar", "docker-archive", docker_layout="legacy"
+    )
+    diff_ids = list(legacy.diff_ids)
+    assert len(set(diff_ids)) == 3 and len(diff_ids) == 4
+
+    info = json.loads(skopeo("inspect", f"docker-archive:{archive}"))
+    assert info["Layers"] == diff_ids
+    assert info["Architecture"] == legacy.architecture
+    info = json.loads(skopeo("inspect", f"docker-archive:{archive}:app:legacy"))
+    assert info["Layers"] == diff_ids
+    config = json.loads(skopeo("inspect", "--config", f"docker-archive:{archive}"))
+    assert config == legacy.config
+
+    skopeo("copy", "-q", f"docker-archive:{archive}", f"oci:{tmp_path / 'via-skopeo'}:x")
+    theirs = transport.import_image(new_store(tmp_path, "skopeo"), tmp_path / "via-skopeo")
+    assert theirs.diff_ids == legacy.diff_ids
+    assert stack_tree(theirs) == stack_tree(legacy)
 
 
 def test_docker_v2s2_manifest_written_by_skopeo_imports_and_exports(

@@ -1,19 +1,22 @@
 """Import and export: OCI layouts, OCI archives and docker-archives, read back by our importer.
 
 What the real tools make of these files is in test_interop.py; here are the formats' contents,
-round trips, name selection, platform selection, the legacy ``docker save`` layout, atomicity,
-and hostile or broken sources.
+round trips, name selection, platform selection, the legacy ``docker save`` layout (read and
+written), atomicity, and hostile or broken sources.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -491,6 +494,294 @@ def test_archives_are_reproducible_and_replace_atomically(
         transport.export_image(store, other.digest, dest, "oci-archive")
     assert dest.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# --- export: the legacy docker-archive ------------------------------------------------------
+
+#: The ``container_config`` Docker wrote for every layer below the top (an empty Go struct).
+DOCKER_EMPTY_CONTAINER_CONFIG = (
+    '{"Hostname":"","Domainname":"","User":"","AttachStdin":false,"AttachStdout":false,'
+    '"AttachStderr":false,"Tty":false,"OpenStdin":false,"StdinOnce":false,"Env":null,'
+    '"Cmd":null,"Image":"","Volumes":null,"WorkingDir":"","Entrypoint":null,"OnBuild":null,'
+    '"Labels":null}'
+)
+
+
+def export_legacy(store: Store, ref: str, dest: Path, **kwargs: str) -> Path:
+    return transport.export_image(
+        store, ref, dest, "docker-archive", docker_layout="legacy", **kwargs
+    )
+
+
+def legacy_contents(archive: Path) -> tuple[list[tarfile.TarInfo], dict[str, bytes]]:
+    """Every member of a (small) archive in order, and the bodies of its regular files."""
+    with tarfile.open(archive) as tar:
+        infos = tar.getmembers()
+    return infos, tar_members(archive)
+
+
+def chain_ids(diff_ids: tuple[str, ...]) -> list[str]:
+    chains = [diff_ids[0]]
+    for diff_id in diff_ids[1:]:
+        chains.append("sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
+    return chains
+
+
+def test_legacy_docker_archive_is_what_docker_save_wrote(
+    store: Store, image: Image, tmp_path: Path
+) -> None:
+    archive = export_legacy(store, "app:1.0", tmp_path / "legacy.tar")
+    infos, members = legacy_contents(archive)
+    (item,) = json.loads(members["manifest.json"])
+    assert list(item) == ["Config", "RepoTags", "Layers"]
+    assert item["Config"] == f"{image.config_digest[7:]}.json"
+    assert item["RepoTags"] == ["app:1.0"]
+    ids = [name.removesuffix("/layer.tar") for name in item["Layers"]]
+    assert item["Layers"] == [f"{i}/layer.tar" for i in ids]
+    assert len(set(ids)) == 3 and all(re.fullmatch("[0-9a-f]{64}", i) for i in ids)
+    assert members[item["Config"]] == image.config_bytes
+    assert members["manifest.json"].endswith(b"]\n")
+    assert members["repositories"] == f'{{"app":{{"1.0":"{ids[-1]}"}}}}\n'.encode()
+    # filepath.Walk order: names sorted, each directory before its files.
+    expected = []
+    for name in sorted([item["Config"], "manifest.json", "repositories", *ids]):
+        if name in ids:
+            expected += [name, f"{name}/VERSION", f"{name}/json", f"{name}/layer.tar"]
+        else:
+            expected.append(name)
+    assert [i.name for i in infos] == expected
+    assert all(i.mtime == 0 and i.uid == 0 and i.gid == 0 and i.uname == "" for i in infos)
+    assert {i.name: i.mode for i in infos if i.isdir()} == {i: 0o755 for i in ids}
+    assert archive.stat().st_size % tarfile.RECORDSIZE == 0
+
+    chains = chain_ids(image.diff_ids)
+    layer_json = [json.loads(members[f"{i}/json"]) for i in ids]
+    for n, (layer_id, v1) in enumerate(zip(ids, layer_json, strict=True)):
+        assert members[f"{layer_id}/VERSION"] == b"1.0"
+        # The uncompressed tar of each layer, whatever its compression in the store.
+        tar_bytes = members[f"{layer_id}/layer.tar"]
+        assert "sha256:" + hashlib.sha256(tar_bytes).hexdigest() == image.diff_ids[n]
+        assert v1["id"] == layer_id
+        assert v1.get("parent") == (ids[n - 1] if n else None)
+    # Below the top: Docker's v1 JSON, the id being v1.CreateID's digest of it.
+    for n in (0, 1):
+        assert (
+            members[f"{ids[n]}/json"]
+            == (
+                f'{{"id":"{ids[n]}",'
+                + (f'"parent":"{ids[n - 1]}",' if n else "")
+                + f'"created":"1970-01-01T00:00:00Z","container_config":'
+                f'{DOCKER_EMPTY_CONTAINER_CONFIG},"os":"linux"}}'
+            ).encode()
+        )
+        hashed = (
+            f'{{"container_config":{DOCKER_EMPTY_CONTAINER_CONFIG},'
+            f'"created":"1970-01-01T00:00:00Z","layer_id":"{chains[n]}"'
+            + (f',"parent":"sha256:{ids[n - 1]}"' if n else "")
+            + "}"
+        )
+        assert ids[n] == hashlib.sha256(hashed.encode()).hexdigest()
+    # The top layer carries the image's configuration.
+    top = layer_json[2]
+    assert list(top) == [
+        "id", "parent", "created", "container_config", "config", "architecture", "os"
+    ]  # fmt: skip
+    assert top["config"] == image.config["config"]
+    assert json.dumps(top["container_config"], separators=(",", ":")) == (
+        DOCKER_EMPTY_CONTAINER_CONFIG
+    )
+    assert top["created"] == image.created
+    assert (top["architecture"], top["os"]) == (image.architecture, image.os)
+
+
+def test_legacy_docker_archive_round_trip(store: Store, image: Image, tmp_path: Path) -> None:
+    archive = export_legacy(store, "app:1.0", tmp_path / "legacy.tar")
+    assert transport.detect_format(archive) == "docker-archive"
+    other = Store(tmp_path / "other")
+    imported = transport.import_image(other, archive)
+    assert other.tags() == {"app:1.0": imported.digest}
+    assert imported.config_bytes == image.config_bytes
+    assert imported.config_digest == image.config_digest
+    assert imported.diff_ids == image.diff_ids
+    # Every layer came back uncompressed: its digest is its diff_id.
+    assert blob_digests(imported) == list(image.diff_ids)
+    assert {layer.media_type for layer in imported.layers} == {
+        "application/vnd.oci.image.layer.v1.tar"
+    }
+    assert stack_tree(imported) == stack_tree(image)
+    assert other.verify() == []
+
+
+def test_legacy_docker_archive_is_reproducible(store: Store, image: Image, tmp_path: Path) -> None:
+    a = export_legacy(store, "app:1.0", tmp_path / "a.tar")
+    b = export_legacy(store, "app:1.0", tmp_path / "b.tar")
+    assert a.read_bytes() == b.read_bytes()
+    # The same image in another store (moved there as an OCI layout) gives the same bytes.
+    other = Store(tmp_path / "other")
+    transport.import_image(other, transport.export_image(store, "app:1.0", tmp_path / "layout"))
+    c = export_legacy(other, "app:1.0", tmp_path / "c.tar")
+    assert c.read_bytes() == a.read_bytes()
+    # Replaced atomically: no temp file is left beside it.
+    export_legacy(store, "app:1.0", a)
+    assert a.read_bytes() == b.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_legacy_ids_follow_the_layers_below_and_the_config(
+    store: Store, image: Image, tmp_path: Path
+) -> None:
+    """As in Docker: a layer's id depends on the layers up to it, the top's on the config."""
+    store.save(image.with_config(env={"OTHER": "1"}, created=EPOCH), "app:2.0")
+    ids = []
+    for ref in ("app:1.0", "app:2.0"):
+        members = tar_members(export_legacy(store, ref, tmp_path / f"{ref}.tar"))
+        ids.append(json.loads(members["manifest.json"])[0]["Layers"])
+    assert ids[0][:2] == ids[1][:2]
+    assert ids[0][2] != ids[1][2]
+
+
+def test_legacy_repeated_layer_is_a_symlink_to_its_first_copy(
+    store: Store, image: Image, tmp_path: Path
+) -> None:
+    repeated = store.save(image.append(image.layers[0], created=EPOCH), "app:rep")
+    archive = export_legacy(store, "app:rep", tmp_path / "rep.tar")
+    with tarfile.open(archive) as tar:
+        (item,) = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        first, again = item["Layers"][0], item["Layers"][3]
+        assert first != again
+        assert tar.getmember(first).isfile()
+        link = tar.getmember(again)
+    assert link.issym()
+    assert link.linkname == f"../{first}"
+    other = Store(tmp_path / "other")
+    imported = transport.import_image(other, archive)
+    assert imported.diff_ids == repeated.diff_ids
+    assert stack_tree(imported) == stack_tree(repeated)
+
+
+def test_legacy_names_and_unnamed_exports(store: Store, image: Image, tmp_path: Path) -> None:
+    named = export_legacy(store, "app:1.0", tmp_path / "n.tar", name="example.com/team/app")
+    members = tar_members(named)
+    (item,) = json.loads(members["manifest.json"])
+    assert item["RepoTags"] == ["example.com/team/app:latest"]
+    top = item["Layers"][-1].removesuffix("/layer.tar")
+    assert json.loads(members["repositories"]) == {"example.com/team/app": {"latest": top}}
+    # Exported by digest: no name, so no repositories file.
+    unnamed = tar_members(export_legacy(store, image.digest, tmp_path / "u.tar"))
+    assert json.loads(unnamed["manifest.json"])[0]["RepoTags"] == []
+    assert "repositories" not in unnamed
+    # An image without layers: a manifest listing none.
+    store.save(Image.scratch(created=EPOCH), "empty:1")
+    empty = tar_members(export_legacy(store, "empty:1", tmp_path / "e.tar"))
+    assert json.loads(empty["manifest.json"])[0]["Layers"] == []
+    assert "repositories" not in empty
+    imported = transport.import_image(Store(tmp_path / "other"), tmp_path / "e.tar")
+    assert imported.layers == ()
+    assert imported.config_bytes == store.load("empty:1").config_bytes
+
+
+def test_docker_layout_is_for_docker_archives_only(
+    store: Store, image: Image, tmp_path: Path
+) -> None:
+    for fmt in ("oci", "oci-archive"):
+        with pytest.raises(ValueError, match="applies to the docker-archive format only"):
+            transport.export_image(store, "app:1.0", tmp_path / fmt, fmt, docker_layout="legacy")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="applies to the docker-archive format only"):
+            store.export_image("app:1.0", tmp_path / fmt, fmt, docker_layout="legacy")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown docker_layout 'v1'"):
+        transport.export_image(
+            store,
+            "app:1.0",
+            tmp_path / "x.tar",
+            "docker-archive",
+            docker_layout="v1",  # type: ignore[arg-type]
+        )
+    assert sorted(os.listdir(tmp_path)) == ["build", "store"]
+    # Through the store, the keyword reaches the transport.
+    store.export_image("app:1.0", tmp_path / "s.tar", "docker-archive", docker_layout="legacy")
+    assert "repositories" in tar_members(tmp_path / "s.tar")
+
+
+def replace_diff_id(store: Store, image: Image, index: int, diff_id: str, tag: str) -> Image:
+    """``image`` saved under ``tag`` with a config that lists ``diff_id`` for layer ``index``
+    (the blobs are unchanged)."""
+    diff_ids = list(image.diff_ids)
+    diff_ids[index] = diff_id
+    config_bytes = canonical_json(
+        {**image.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    )
+    config_desc = {
+        **image.manifest["config"],
+        "digest": "sha256:" + hashlib.sha256(config_bytes).hexdigest(),
+        "size": len(config_bytes),
+    }
+    layers = list(image.layers)
+    layers[index] = dataclasses.replace(layers[index], diff_id=diff_id)
+    manifest = canonical_json({**image.manifest, "config": config_desc})
+    return store.save(Image.from_json(manifest, config_bytes, layers), tag)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_legacy_export_refuses_a_layer_not_matching_its_diff_id(
+    store: Store, image: Image, tmp_path: Path, index: int
+) -> None:
+    """gzip (0), plain (1) and zstd (2) layers are checked against the config's diff_id."""
+    wrong = "sha256:" + "0" * 64
+    replace_diff_id(store, image, index, wrong, "bad:1")
+    dest = tmp_path / "out" / "bad.tar"
+    with pytest.raises(DigestMismatchError) as info:
+        export_legacy(store, "bad:1", dest)
+    assert info.value.what == "diff_id"
+    assert info.value.expected == wrong
+    assert info.value.actual == image.diff_ids[index]
+    assert info.value.path == str(image.layers[index].path)
+    assert not dest.exists()
+    assert not dest.parent.exists() or os.listdir(dest.parent) == []
+
+
+def test_legacy_export_of_zstd_layers_needs_zstandard(
+    store: Store, image: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    with pytest.raises(ImportError, match="pip install 'layercore\\[zstd\\]'"):
+        export_legacy(store, "app:1.0", tmp_path / "z.tar")
+    assert sorted(os.listdir(tmp_path)) == ["build", "store"]
+    # Without zstd layers it is not needed.
+    gzip_only = build_image(store, tmp_path / "gz", tag="gz:1", top="gzip")
+    archive = export_legacy(store, "gz:1", tmp_path / "gz.tar")
+    with tarfile.open(archive) as tar:
+        assert len([m for m in tar.getnames() if m.endswith("/layer.tar")]) == len(gzip_only.layers)
+
+
+def test_streamed_member_of_8_gib_and_more_keeps_a_one_block_header(tmp_path: Path) -> None:
+    """A layer.tar's size is known only once written; past the octal ustar limit it is
+    written base-256 (as GNU tar does) so that the header still fits its reserved block."""
+    size = 8**11 + 3
+    archive = tmp_path / "big.tar"
+    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        writer = transport._TarWriter(fd)
+
+        def sparse_body(out: int) -> int:
+            end = os.lseek(out, 0, os.SEEK_CUR) + size
+            os.ftruncate(out, end)
+            os.lseek(out, end, os.SEEK_SET)
+            return size
+
+        writer.add_streamed("a" * 64 + "/layer.tar", sparse_body)
+        writer.add_bytes("after", b"next member\n")
+        writer.finish()
+    finally:
+        os.close(fd)
+    with tarfile.open(archive) as tar:
+        big, after = tar.getmembers()
+        assert (big.name, big.size, big.isfile()) == ("a" * 64 + "/layer.tar", size, True)
+        assert big.offset == 0 and big.offset_data == tarfile.BLOCKSIZE
+        assert tar.extractfile(after).read() == b"next member\n"  # type: ignore[union-attr]
+    listing = subprocess.run(
+        ["bsdtar", "-tvf", str(archive)], check=True, capture_output=True, text=True
+    ).stdout
+    assert str(size) in listing.splitlines()[0]
 
 
 # --- round trips ----------------------------------------------------------------------------

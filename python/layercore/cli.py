@@ -794,15 +794,39 @@ def _cmd_squash(args: argparse.Namespace, session: _Session) -> int:
 
 
 def _cmd_export(args: argparse.Namespace, session: _Session) -> int:
+    docker_layout = args.docker_layout
+    if args.format == "docker-archive":
+        docker_layout = docker_layout or "oci"
+    elif docker_layout is not None:
+        raise UsageError(
+            f"export: --docker-layout applies to --format docker-archive only, not {args.format}"
+        )
     image = session.load(args.image)
     with session.progress(f"exporting {args.image} to {args.dest}"):
-        dest = session.store.export_image(args.image, args.dest, args.format, name=args.name)
+        try:
+            dest = session.store.export_image(
+                args.image,
+                args.dest,
+                args.format,
+                name=args.name,
+                docker_layout=docker_layout or "oci",
+            )
+        except ImportError as exc:  # an optional dependency (zstandard) that is not installed
+            _error(str(exc))
+            return 1
     if session.json:
         session.emit_json(
-            {"digest": image.digest, "dest": str(dest), "format": args.format, "name": args.name}
+            {
+                "digest": image.digest,
+                "dest": str(dest),
+                "format": args.format,
+                "docker_layout": docker_layout,
+                "name": args.name,
+            }
         )
     else:
-        session.print(f"exported {args.image} ({_short(image.digest)}) to {dest} ({args.format})")
+        form = args.format if docker_layout is None else f"{args.format}, {docker_layout} layout"
+        session.print(f"exported {args.image} ({_short(image.digest)}) to {dest} ({form})")
     return 0
 
 
@@ -1315,12 +1339,16 @@ def build_parser() -> argparse.ArgumentParser:
         "write an image to an OCI layout or an archive",
         """
         Writes the image to DEST: an OCI image layout directory (oci; added to an existing
-        layout), a tar of one (oci-archive), or a `docker save` archive (docker-archive).
+        layout), a tar of one (oci-archive), or a `docker save` archive (docker-archive), by
+        default as Docker 25 and later write it (an OCI layout plus manifest.json);
+        --docker-layout legacy writes the form older Docker, skopeo and buildah write
+        (<id>/layer.tar, uncompressed, with <id>/json and repositories).
         --name sets the reference name (default: the tag part of IMAGE).
         """,
         [
             "layercore export app:1 ./layout",
             "layercore export app:1 app.tar --format docker-archive --name example.com/app:1",
+            "layercore export app:1 app.tar --format docker-archive --docker-layout legacy",
         ],
         parents=data,
     )
@@ -1331,6 +1359,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("oci", "oci-archive", "docker-archive"),
         default="oci",
         help="default: oci",
+    )
+    p.add_argument(
+        "--docker-layout",
+        choices=("oci", "legacy"),
+        help="the form of a docker-archive: oci (Docker >= 25, the default) or legacy",
     )
     p.add_argument("--name", metavar="N", help="the reference name written to DEST")
     p = command(

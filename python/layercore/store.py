@@ -472,12 +472,16 @@ class Store:
         format: ExportFormat = "oci",
         *,
         name: str | None = None,
+        docker_layout: Literal["oci", "legacy"] = "oci",
     ) -> Path:
         """Writes the image ``ref`` to ``dest`` as an OCI layout, an OCI archive or a
-        ``docker save`` archive (see :func:`layercore.transport.export_image`)."""
+        ``docker save`` archive, in Docker >= 25's form or (``docker_layout="legacy"``) the
+        one before it (see :func:`layercore.transport.export_image`)."""
         from layercore import transport
 
-        return transport.export_image(self, ref, dest, format, name=name)
+        return transport.export_image(
+            self, ref, dest, format, name=name, docker_layout=docker_layout
+        )
 
     def import_image(
         self, src: StrPath, tag: str | None = None, *, name: str | None = None

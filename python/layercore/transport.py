@@ -18,7 +18,28 @@ Three formats, each written and read here:
   and ``manifest.json`` naming those files; skopeo makes ``<id>/layer.tar`` a symlink member to
   ``../<diff_id hex>.tar`` and writes ``RepoTags`` fully qualified
   (``docker.io/library/app:1.0``). Their layers are always uncompressed tars, so their digest is
-  the diff_id.
+  the diff_id. Export writes either layout (``docker_layout="oci"`` or ``"legacy"``).
+
+How ``docker save`` wrote the legacy layout (moby ``image/tarexport/save.go`` before Docker 25),
+which the legacy export follows:
+
+* One directory per layer, named by a v1 id: ``VERSION`` (``1.0``), ``json`` and ``layer.tar``
+  (the uncompressed tar; a diff_id met again is a symlink ``../<first id>/layer.tar``). The v1
+  id (``image/v1.CreateID``) is the sha256 of the layer's v1 JSON with ``"layer_id"`` (the chain
+  id of the layers up to it) and ``"parent"`` (``sha256:<parent v1 id>``) added, keys sorted,
+  Go's compact encoding. Below the top, that v1 JSON is ``created`` at the Unix epoch and an
+  empty ``container_config``; the ``json`` file adds ``id``, ``parent`` and ``os``. The top
+  layer's carries the image config's ``comment``, ``created``, ``container``,
+  ``container_config``, ``docker_version``, ``author``, ``config``, ``architecture``,
+  ``variant`` and ``os``. (Docker re-encodes these through its structs, filling in zero
+  fields; the export keeps the config's values as they are, so its top id is its own. Docker
+  >= 1.10 does not use v1 ids when loading and skopeo derives its own from the layers alone:
+  they only have to be unique, and stable for the same image.)
+* ``<config hex>.json`` is the config byte for byte; ``manifest.json`` is
+  ``[{"Config": ..., "RepoTags": [...], "Layers": ["<id>/layer.tar", ...]}]`` and
+  ``repositories`` ``{"app": {"1.0": "<top id>"}}``, both with a trailing newline (Go's
+  ``json.Encoder``). Members come in ``filepath.Walk`` order (names sorted, each directory
+  before its files).
 
 What the tools do with these, and what this module relies on:
 
@@ -33,9 +54,9 @@ What the tools do with these, and what this module relies on:
   there, diff_ids stay. It selects ``oci:DIR:REF`` entries by ref name among OCI media types
   only, so a Docker v2s2 manifest in a layout is found only as the sole entry.
 * ``skopeo`` and ``docker load`` accept compressed layer files in a docker-archive (they sniff
-  the compression), so our export writes layers exactly as stored. ``oci-image-tool``
-  1.0.0-rc1 validates layouts (not archives) and does not know the zstd media type; ``umoci``
-  0.4 reads gzip and plain layers only.
+  the compression), so our export of Docker >= 25's form writes layers exactly as stored.
+  ``oci-image-tool`` 1.0.0-rc1 validates layouts (not archives) and does not know the zstd
+  media type; ``umoci`` 0.4 reads gzip and plain layers only.
 * ``buildah commit`` writes uncompressed layers (``application/vnd.oci.image.layer.v1.tar``)
   to ``oci:`` and ``oci-archive:``, with a ``created`` carrying nanoseconds.
 
@@ -47,7 +68,10 @@ Every blob is verified against its digest while it is copied to a staging file i
 whole image checks out are the staged blobs renamed into ``blobs/``, so a failed import leaves
 nothing there, and an import costs one local copy of each new blob. Export writes tar headers with
 :class:`tarfile.TarInfo` and copies bodies with ``copy_file_range``/``sendfile``; archives are
-reproducible (mtime 0, owner 0:0, fixed order).
+reproducible (mtime 0, owner 0:0, fixed order). The legacy docker-archive's ``layer.tar`` of a
+gzip or zstd layer is decompressed (``zlib``, ``zstandard``) straight into the archive, 1 MiB at a
+time, and hashed on the way against its diff_id; its header is written last, into a block
+reserved before the body.
 """
 
 from __future__ import annotations
@@ -57,6 +81,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import gzip
 import hashlib
 import json
@@ -68,10 +93,10 @@ import stat
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, get_args
 
 from layercore._core import copy_blob, verify_layer
 from layercore.errors import (
@@ -101,11 +126,22 @@ from layercore.store import REF_NAME, _fsync_dir, _fsync_path, check_tag
 if TYPE_CHECKING:
     from layercore.store import Store
 
-__all__ = ["FORMATS", "Format", "detect_format", "export_image", "import_image"]
+__all__ = [
+    "DOCKER_LAYOUTS",
+    "FORMATS",
+    "DockerLayout",
+    "Format",
+    "detect_format",
+    "export_image",
+    "import_image",
+]
 
 Format = Literal["oci", "oci-archive", "docker-archive"]
 #: Every format :func:`export_image` writes and :func:`import_image` reads.
 FORMATS: tuple[Format, ...] = get_args(Format)
+#: The two forms of a docker-archive: Docker >= 25's OCI layout, or the legacy one before it.
+DockerLayout = Literal["oci", "legacy"]
+DOCKER_LAYOUTS: tuple[DockerLayout, ...] = get_args(DockerLayout)
 
 OCI_LAYOUT = "oci-layout"
 OCI_INDEX_FILE = "index.json"
@@ -128,6 +164,8 @@ _DOCKER_REF_RE = re.compile(
 _MAX_JSON_BYTES = 64 << 20
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
+#: The largest member size an octal ustar size field holds, plus one (8 GiB).
+_USTAR_MAX_SIZE = 8**11
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAX_LINK_HOPS = 16
@@ -691,7 +729,13 @@ def _layer(path: Path, digest: str, diff_id: str, media_type: str) -> Layer:
 
 
 def export_image(
-    store: Store, ref: str, dest: StrPath, format: Format = "oci", *, name: str | None = None
+    store: Store,
+    ref: str,
+    dest: StrPath,
+    format: Format = "oci",
+    *,
+    name: str | None = None,
+    docker_layout: DockerLayout = "oci",
 ) -> Path:
     """Writes the image ``ref`` (a tag or digest, as :meth:`Store.load` takes) to ``dest`` in
     ``format``; returns ``dest``.
@@ -699,8 +743,11 @@ def export_image(
     ``"oci"``: ``dest`` is a directory, created if missing; an existing OCI layout gets the
     image added (an entry with the same ref name is replaced; blobs already there with the
     right size are kept). ``"oci-archive"``: a tar of such a layout. ``"docker-archive"``:
-    what ``docker save`` writes since Docker 25 (an OCI layout plus ``manifest.json``), which
-    ``docker load``, ``podman load`` and ``skopeo`` read. Archives appear at ``dest`` only
+    what ``docker save`` writes, which ``docker load``, ``podman load`` and ``skopeo`` read;
+    by default as Docker >= 25 writes it (an OCI layout plus ``manifest.json``), with
+    ``docker_layout="legacy"`` as Docker wrote it before (``<id>/layer.tar``, ``<id>/json``,
+    ``<id>/VERSION``, ``<config hex>.json``, ``manifest.json``, ``repositories``: see the
+    module docstring), for tools that know only that form. Archives appear at ``dest`` only
     once complete, and the same image always gives the same bytes.
 
     The image is named ``name``, by default the tag ``ref`` (exported by digest: unnamed). In
@@ -708,11 +755,27 @@ def export_image(
     ``skopeo ... oci:DIR:app:1.0`` and ``umoci --image DIR:app:1.0`` look for. A
     docker-archive holds it as a Docker reference in ``RepoTags`` (``app`` becomes
     ``app:latest``; a name Docker cannot parse, such as one with capitals, is a
-    ``ValueError``). Blobs are copied as stored, layers keeping their compression, from
-    :meth:`Store.open_blob`, which re-hashes a blob whose file changed since it was verified.
+    ``ValueError``). Blobs come from :meth:`Store.open_blob`, which re-hashes a blob whose file
+    changed since it was verified, and are copied as stored, layers keeping their compression;
+    except in the legacy form, whose ``layer.tar`` members are uncompressed tars (gzip and zstd
+    layers are decompressed as they are written, and checked against their diff_id: a layer
+    that does not match raises :class:`~layercore.errors.DigestMismatchError`). zstd layers
+    need the ``zstandard`` package there.
+
+    ``docker_layout`` other than ``"oci"`` with a format other than ``"docker-archive"`` is a
+    ``ValueError``.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}: expected one of {', '.join(FORMATS)}")
+    if docker_layout not in DOCKER_LAYOUTS:
+        raise ValueError(
+            f"unknown docker_layout {docker_layout!r}: expected one of {', '.join(DOCKER_LAYOUTS)}"
+        )
+    if docker_layout != "oci" and format != "docker-archive":
+        raise ValueError(
+            f"docker_layout={docker_layout!r} applies to the docker-archive format only, "
+            f"not to {format!r}"
+        )
     image = store.load(ref)
     if name is None and ref in store.tags():
         name = ref
@@ -723,6 +786,9 @@ def export_image(
     dest_path = Path(dest)
     if format == "oci":
         _write_layout(dest_path, image, name, blobs)
+        return dest_path
+    if docker_layout == "legacy":
+        _write_legacy_archive(dest_path, image, docker_ref, blobs)
         return dest_path
     manifest_json: list[dict[str, Any]] | None = None
     annotations: dict[str, str] = {}
@@ -849,15 +915,8 @@ def _write_archive(
 ) -> None:
     """A tar of an OCI layout holding one image (plus ``manifest.json`` for Docker), written
     to a temp file beside ``dest`` and renamed over it once complete."""
-    if dest.is_dir():
-        raise LayerIOError("is a directory; an archive needs a file name", dest)
-    parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        writer = _TarWriter(fd)
+    with _new_archive(dest) as writer:
         writer.add_bytes(OCI_LAYOUT, _LAYOUT_BYTES)
         writer.add_bytes(OCI_INDEX_FILE, canonical_json(index))
         if docker_manifest is not None:
@@ -866,6 +925,21 @@ def _write_archive(
         writer.add_directory("blobs/sha256")
         for blob in blobs:
             writer.add_file(_blob_name(blob.digest), blob.path, blob.size)
+
+
+@contextlib.contextmanager
+def _new_archive(dest: Path) -> Iterator[_TarWriter]:
+    """A :class:`_TarWriter` on a temp file beside ``dest``; once the body of the ``with``
+    succeeds, the archive is finished, fsync'd and renamed over ``dest``, else removed."""
+    if dest.is_dir():
+        raise LayerIOError("is a directory; an archive needs a file name", dest)
+    parent = dest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{dest.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        writer = _TarWriter(fd)
+        yield writer
         writer.finish()
         os.fchmod(fd, 0o644)
         os.fsync(fd)
@@ -880,6 +954,291 @@ def _write_archive(
     _fsync_dir(parent)
 
 
+# --- export: the legacy docker-archive ------------------------------------------------------
+
+_LEGACY_VERSION_FILE = "VERSION"
+_LEGACY_CONFIG_FILE = "json"
+_LEGACY_LAYER_FILE = "layer.tar"
+_LEGACY_REPOSITORIES_FILE = "repositories"
+#: What Docker's ``json.Marshal`` made of an empty ``container.Config`` (its fields in order).
+_EMPTY_CONTAINER_CONFIG: dict[str, Any] = {
+    "Hostname": "",
+    "Domainname": "",
+    "User": "",
+    "AttachStdin": False,
+    "AttachStdout": False,
+    "AttachStderr": False,
+    "Tty": False,
+    "OpenStdin": False,
+    "StdinOnce": False,
+    "Env": None,
+    "Cmd": None,
+    "Image": "",
+    "Volumes": None,
+    "WorkingDir": "",
+    "Entrypoint": None,
+    "OnBuild": None,
+    "Labels": None,
+}
+#: ``created`` of every layer below the top (``time.Unix(0, 0)``, written in UTC).
+_EPOCH_CREATED = "1970-01-01T00:00:00Z"
+#: Go's zero ``time.Time``, what Docker wrote for a config without ``created``.
+_ZERO_CREATED = "0001-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True)
+class _LegacyLayer:
+    """One layer directory of a legacy docker-archive."""
+
+    v1_id: str  # 64 hex digits, the directory's name
+    json: bytes  # the <id>/json file
+    diff_id: str
+    digest: str  # of the stored blob
+
+
+def _write_legacy_archive(
+    dest: Path, image: Image, docker_ref: str | None, blobs: list[_Blob]
+) -> None:
+    """The legacy ``docker save`` archive of ``image`` (see the module docstring), written to a
+    temp file beside ``dest`` and renamed over it once complete."""
+    by_digest = {blob.digest: blob for blob in blobs}
+    compression = {layer.digest: _sniff(by_digest[layer.digest].path) for layer in image.layers}
+    for stored in image.layers:
+        if compression[stored.digest] is None and stored.digest != stored.diff_id:
+            raise DigestMismatchError(
+                f"the uncompressed layer {stored.digest} is listed in the config with diff_id "
+                f"{stored.diff_id}; an uncompressed layer's diff_id is its digest",
+                by_digest[stored.digest].path,
+                what="diff_id",
+                expected=stored.diff_id,
+                actual=stored.digest,
+            )
+    if "zstd" in compression.values():
+        _zstandard("exporting a zstd layer in the legacy docker-archive form")
+    layers = _legacy_layers(image)
+    config_file = image.config_digest.removeprefix("sha256:") + ".json"
+    manifest = [
+        {
+            "Config": config_file,
+            "RepoTags": [] if docker_ref is None else [docker_ref],
+            "Layers": [f"{layer.v1_id}/{_LEGACY_LAYER_FILE}" for layer in layers],
+        }
+    ]
+    # Each diff_id's tar is written once, in the directory of its first layer; a repeat is a
+    # symlink to it, as Docker made it.
+    first_dir: dict[str, str] = {}
+    for layer in layers:
+        first_dir.setdefault(layer.diff_id, layer.v1_id)
+    members: dict[str, _LegacyLayer | bytes] = {
+        config_file: image.config_bytes,
+        DOCKER_MANIFEST_FILE: _go_json(manifest) + b"\n",
+        **{layer.v1_id: layer for layer in layers},
+    }
+    if docker_ref is not None and layers:
+        repository, tag = _split_tag(docker_ref)
+        repositories = {repository: {tag or "latest": layers[-1].v1_id}}
+        members[_LEGACY_REPOSITORIES_FILE] = _go_json(repositories) + b"\n"
+    with _new_archive(dest) as writer:
+        for name in sorted(members):
+            member = members[name]
+            if isinstance(member, bytes):
+                writer.add_bytes(name, member)
+                continue
+            writer.add_directory(name)
+            writer.add_bytes(f"{name}/{_LEGACY_VERSION_FILE}", b"1.0")
+            writer.add_bytes(f"{name}/{_LEGACY_CONFIG_FILE}", member.json)
+            tar_name = f"{name}/{_LEGACY_LAYER_FILE}"
+            first = first_dir[member.diff_id]
+            blob = by_digest[member.digest]
+            kind = compression[member.digest]
+            if first != name:
+                writer.add_symlink(tar_name, f"../{first}/{_LEGACY_LAYER_FILE}")
+            elif kind is None:
+                writer.add_file(tar_name, blob.path, blob.size)
+            else:
+                fill = functools.partial(_decompress_into, blob.path, kind, member.diff_id)
+                writer.add_streamed(tar_name, fill)
+
+
+def _legacy_layers(image: Image) -> list[_LegacyLayer]:
+    """The layer directories of ``image`` bottom first: v1 ids chained as Docker's
+    ``v1.CreateID`` chains them (each from the layer's v1 JSON, its chain id and its parent's
+    id), and the ``json`` file of each."""
+    diff_ids = image.diff_ids
+    layers: list[_LegacyLayer] = []
+    chain_id = ""
+    parent = ""
+    for i, (layer, diff_id) in enumerate(zip(image.layers, diff_ids, strict=True)):
+        chain_id = (
+            diff_id
+            if not chain_id
+            else "sha256:" + hashlib.sha256(f"{chain_id} {diff_id}".encode()).hexdigest()
+        )
+        top = i == len(diff_ids) - 1
+        if top:
+            fields = _v1_top_fields(image.config)
+        else:
+            fields = {"created": _EPOCH_CREATED, "container_config": _EMPTY_CONTAINER_CONFIG}
+        hashed = {**fields, "layer_id": chain_id}
+        if parent:
+            hashed["parent"] = f"sha256:{parent}"
+        v1_id = hashlib.sha256(_go_json_sorted(hashed)).hexdigest()
+        written: dict[str, Any] = {"id": v1_id}
+        if parent:
+            written["parent"] = parent
+        written.update(fields)
+        if not top and image.os:
+            # Docker sets the os of the layers below the top after computing their id.
+            written["os"] = image.os
+        layers.append(_LegacyLayer(v1_id, _go_json(written), diff_id, layer.digest))
+        parent = v1_id
+    return layers
+
+
+def _v1_top_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The top layer's v1 JSON after ``id`` and ``parent``: the config's own values, in the
+    order of Docker's ``V1Image`` fields; ``created`` and ``container_config`` always (Go's
+    zero time and an empty container config when the config has none), the others only when
+    the config has them (``omitempty``)."""
+
+    def text(key: str) -> str | None:
+        value = config.get(key)
+        return value if isinstance(value, str) and value else None
+
+    fields: dict[str, Any] = {}
+    if comment := text("comment"):
+        fields["comment"] = comment
+    fields["created"] = text("created") or _ZERO_CREATED
+    if container := text("container"):
+        fields["container"] = container
+    container_config = config.get("container_config")
+    fields["container_config"] = (
+        container_config if isinstance(container_config, Mapping) else _EMPTY_CONTAINER_CONFIG
+    )
+    for key in ("docker_version", "author"):
+        if value := text(key):
+            fields[key] = value
+    if isinstance(config.get("config"), Mapping):
+        fields["config"] = config["config"]
+    for key in ("architecture", "variant", "os"):
+        if value := text(key):
+            fields[key] = value
+    return fields
+
+
+#: Go's ``json.Marshal`` escapes these inside strings (they appear nowhere else in JSON).
+_GO_JSON_ESCAPES = (
+    ("<", "\\u003c"),
+    (">", "\\u003e"),
+    ("&", "\\u0026"),
+    ("\u2028", "\\u2028"),
+    ("\u2029", "\\u2029"),
+)
+
+
+def _go_json(value: object) -> bytes:
+    """``value`` as Go's ``json.Marshal`` writes it: compact, keys in the given order, UTF-8,
+    ``<``, ``>``, ``&``, U+2028 and U+2029 escaped."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for char, escape in _GO_JSON_ESCAPES:
+        text = text.replace(char, escape)
+    return text.encode("utf-8")
+
+
+def _go_json_sorted(fields: Mapping[str, Any]) -> bytes:
+    """A Go ``map[string]*json.RawMessage`` marshalled: top-level keys sorted, the values
+    (compacted) keeping their own key order."""
+    items = (_go_json(key) + b":" + _go_json(fields[key]) for key in sorted(fields))
+    return b"{" + b",".join(items) + b"}"
+
+
+def _zstandard(purpose: str) -> Any:
+    """The ``zstandard`` module (an optional dependency: the ``zstd`` extra)."""
+    try:
+        import zstandard
+    except ImportError as e:
+        raise ImportError(
+            f"{purpose} needs the 'zstandard' package (pip install 'layercore[zstd]')"
+        ) from e
+    return zstandard
+
+
+_DECOMPRESS_CHUNK = 1 << 20
+
+
+def _decompress_into(path: Path, compression: Compression, diff_id: str, out_fd: int) -> int:
+    """Appends the uncompressed tar of the gzip or zstd layer blob ``path`` at the position of
+    ``out_fd``, 1 MiB at a time (memory stays constant whatever the layer's size), hashing it
+    on the way; returns its size. A tar whose sha256 is not ``diff_id`` raises
+    :class:`~layercore.errors.DigestMismatchError`, an undecodable stream
+    :class:`~layercore.errors.CorruptLayerError`."""
+    stream_errors: tuple[type[Exception], ...] = (EOFError, zlib.error)
+    if compression == "zstd":
+        stream_errors += (_zstandard("decompressing a zstd layer").ZstdError,)
+    hasher = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as f:
+            chunks = _gunzip_chunks(f) if compression == "gzip" else _unzstd_chunks(f)
+            for chunk in chunks:
+                hasher.update(chunk)
+                _write_all(out_fd, chunk)
+                size += len(chunk)
+    except stream_errors as e:
+        raise CorruptLayerError(f"cannot decompress the {compression} layer: {e}", path) from None
+    actual = "sha256:" + hasher.hexdigest()
+    if actual != diff_id:
+        raise DigestMismatchError(
+            f"the layer decompresses to a tar whose sha256 is {actual}, not the diff_id "
+            f"{diff_id} the image's config lists",
+            path,
+            what="diff_id",
+            expected=diff_id,
+            actual=actual,
+        )
+    return size
+
+
+def _gunzip_chunks(f: BinaryIO) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip stream (members one after another) in pieces of at
+    most 1 MiB. A stream that ends inside a member is ``EOFError``."""
+    decompressor = zlib.decompressobj(wbits=31)
+    pending = b""
+    while True:
+        if not pending:
+            pending = f.read(_DECOMPRESS_CHUNK)
+            if not pending:
+                tail = decompressor.flush()
+                if tail:
+                    yield tail
+                if not decompressor.eof:
+                    raise EOFError("the gzip stream ends inside a member")
+                return
+        if decompressor.eof:
+            decompressor = zlib.decompressobj(wbits=31)
+        out = decompressor.decompress(pending, _DECOMPRESS_CHUNK)
+        pending = decompressor.unused_data if decompressor.eof else decompressor.unconsumed_tail
+        if out:
+            yield out
+
+
+def _unzstd_chunks(f: BinaryIO) -> Iterator[bytes]:
+    """The decompressed bytes of a zstd stream (frames one after another) in pieces of at most
+    1 MiB."""
+    zstandard = _zstandard("decompressing a zstd layer")
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        f, read_size=_DECOMPRESS_CHUNK, read_across_frames=True, closefd=False
+    )
+    while chunk := reader.read(_DECOMPRESS_CHUNK):
+        yield chunk
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class _TarWriter:
     """Writes a reproducible tar to a file descriptor: headers from :class:`tarfile.TarInfo`
     (PAX format, mtime 0, owner 0:0 without names), bodies copied by the kernel."""
@@ -889,35 +1248,62 @@ class _TarWriter:
         self._written = 0
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-            self._written += n
+        _write_all(self._fd, data)
+        self._written += len(data)
 
-    def _header(self, name: str, size: int, kind: bytes, mode: int) -> None:
+    def _header(self, name: str, size: int, kind: bytes, mode: int, linkname: str = "") -> bytes:
         info = tarfile.TarInfo(name)
         info.size, info.type, info.mode, info.mtime = size, kind, mode, 0
         info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
-        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        info.linkname = linkname
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
     def _pad(self, size: int) -> None:
         if size % _BLOCK:
             self._write(bytes(_BLOCK - size % _BLOCK))
 
     def add_directory(self, name: str) -> None:
-        self._header(name + "/", 0, tarfile.DIRTYPE, 0o755)
+        self._write(self._header(name + "/", 0, tarfile.DIRTYPE, 0o755))
 
     def add_bytes(self, name: str, data: bytes) -> None:
-        self._header(name, len(data), tarfile.REGTYPE, 0o644)
+        self._write(self._header(name, len(data), tarfile.REGTYPE, 0o644))
         self._write(data)
         self._pad(len(data))
 
+    def add_symlink(self, name: str, target: str) -> None:
+        self._write(self._header(name, 0, tarfile.SYMTYPE, 0o777, target))
+
     def add_file(self, name: str, path: Path, size: int) -> None:
-        self._header(name, size, tarfile.REGTYPE, 0o644)
+        self._write(self._header(name, size, tarfile.REGTYPE, 0o644))
         _copy_file_into(path, self._fd, size)
         self._written += size
         self._pad(size)
+
+    def add_streamed(self, name: str, fill: Callable[[int], int]) -> int:
+        """A regular file whose size is known only once its body is written: a header block
+        is reserved, ``fill(fd)`` appends the body at the descriptor's position and returns
+        its size, and the header then goes into the reserved block. ``name`` must fit one
+        ustar header (ASCII, under 100 bytes). A body of 8 GiB or more has its size in the
+        base-256 form of GNU tar (which Go's archive/tar, GNU tar, bsdtar and Python's tarfile
+        read): the PAX record that would otherwise carry it needs blocks before the header."""
+        start = self._written
+        self._write(bytes(_BLOCK))
+        size = fill(self._fd)
+        self._written += size
+        header = self._header(name, size, tarfile.REGTYPE, 0o644)
+        if size >= _USTAR_MAX_SIZE:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime, info.uname, info.gname = size, 0o644, 0, "", ""
+            header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+        if len(header) != _BLOCK:
+            raise ValueError(f"archive member name {name!r} does not fit one tar header")
+        view = memoryview(header)
+        offset = start
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+        self._pad(size)
+        return size
 
     def finish(self) -> None:
         """The end-of-archive zero blocks, then zeros up to a whole record (as tar does)."""
@@ -928,7 +1314,9 @@ class _TarWriter:
 def _copy_file_into(path: Path, out_fd: int, size: int) -> None:
     """Appends the ``size`` bytes of ``path`` at the position of ``out_fd`` with
     ``copy_file_range`` (``sendfile`` where the kernel refuses it, across some file systems):
-    the bytes never pass through Python."""
+    the bytes never pass through Python. Writeback of each 64 MiB written is started at once
+    (``POSIX_FADV_DONTNEED`` starts it on Linux without waiting), so the archive's final fsync
+    overlaps the copy instead of following it."""
     in_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         actual = os.fstat(in_fd).st_size
@@ -937,7 +1325,8 @@ def _copy_file_into(path: Path, out_fd: int, size: int) -> None:
         offset = 0
         kernel_copy = True
         while offset < size:
-            count = min(size - offset, 1 << 30)
+            count = min(size - offset, _WRITEBACK_STEP)
+            start = os.lseek(out_fd, 0, os.SEEK_CUR)
             if kernel_copy:
                 try:
                     n = os.copy_file_range(in_fd, out_fd, count, offset)
@@ -950,9 +1339,14 @@ def _copy_file_into(path: Path, out_fd: int, size: int) -> None:
                 n = os.sendfile(out_fd, in_fd, offset, count)
             if n == 0:
                 raise LayerIOError(f"blob ended after {offset} of {size} bytes", path)
+            os.posix_fadvise(out_fd, start, n, os.POSIX_FADV_DONTNEED)
             offset += n
     finally:
         os.close(in_fd)
+
+
+#: Bytes copied between two starts of writeback in :func:`_copy_file_into`.
+_WRITEBACK_STEP = 64 << 20
 
 
 # --- names, references, JSON ----------------------------------------------------------------
