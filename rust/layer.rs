@@ -44,6 +44,13 @@ pub struct LayerInfo {
 /// [`Error::Corrupt`] for a damaged gzip/zstd stream (bytes after it included) or tar stream;
 /// [`Error::Unsupported`] for entries a layer cannot hold (GNU sparse files, ...).
 pub fn describe(path: &Path) -> Result<LayerInfo> {
+    scan(path, |_| Ok(()))
+}
+
+/// [`describe`], handing every entry to `each` as its header is read: one pass over the blob
+/// that both lists and hashes it (one decompression, where listing and hashing separately
+/// would take two). An error from `each` stops the scan and is returned.
+pub fn scan(path: &Path, mut each: impl FnMut(Entry) -> Result<()>) -> Result<LayerInfo> {
     let file = open(path)?;
     let mut stored = BufReader::with_capacity(BUFFER_SIZE, HashingReader::new(SourceFile(file)));
     let (compression, stream) = decode(&mut stored, path)?;
@@ -56,7 +63,9 @@ pub fn describe(path: &Path) -> Result<LayerInfo> {
         },
         path.to_path_buf(),
     );
-    while tar.next_entry()?.is_some() {}
+    while let Some(entry) = tar.next_entry()? {
+        each(entry)?;
+    }
     let uncompressed_size = tar.position();
     let HashStream { inner, digester } = tar.into_inner();
     drop(inner);

@@ -120,7 +120,7 @@ def main() -> None:
     run(store, "export", APP, str(oci_dir), "--format", "oci")
     run(store, "export", APP, str(docker_tar), "--format", "docker-archive")
     print(
-        f"\nexported {APP} to {oci_dir} (try `skopeo inspect oci:{oci_dir}:app:1`) and {docker_tar}"
+        f"\nexported {APP} to {oci_dir} (try `skopeo inspect oci:{oci_dir}:{APP}`) and {docker_tar}"
     )
 
 
