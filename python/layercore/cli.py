@@ -1040,7 +1040,8 @@ def build_parser() -> argparse.ArgumentParser:
         """
         Writes the directory DIR as a layer blob (a deterministic tar, compressed) into the
         store, or to OUT with -o, and prints its descriptor: media type, digest (of the blob),
-        size, diff_id (of the uncompressed tar).
+        size, diff_id (of the uncompressed tar). A layer in the store that no image uses yet is
+        removed by the next `layercore gc`; `image append` builds and adds one in one step.
         """,
         [
             "layercore layer create ./rootfs",
