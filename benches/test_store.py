@@ -28,6 +28,16 @@ import pytest
 import trees
 from layercore import Image, Layer, Store, _core
 from layercore.transport import Format
+from report import (
+    CP,
+    CP_R,
+    CP_R_SYNC,
+    CP_SYNC,
+    LC_COPY,
+    LC_COPY_UNVERIFIED,
+    SAVE_LARGE,
+    SAVE_SMALL,
+)
 
 SMOKE = trees.smoke_mode()
 LC_ROUNDS = 1 if SMOKE else 5
@@ -35,15 +45,8 @@ CLI_ROUNDS = 1 if SMOKE else 3
 SAVE_ROUNDS = 1 if SMOKE else 20
 SAVE_COPY_ROUNDS = 1 if SMOKE else 3
 
-# contender names, as report.py reads them from extra_info["tool"]
-LC_COPY = "layercore copy_blob"
-LC_COPY_UNVERIFIED = "copy_blob(verify=False)"
-CP = "cp"
-CP_SYNC = "cp + sync"
-CP_R = "cp -r"
-CP_R_SYNC = "cp -r + sync"
-SAVE_LARGE = "save, large layer present"
-SAVE_SMALL = "save, small layer present"
+# contender names, as report.py reads them from extra_info["tool"] (the ones its targets use
+# come from it)
 SAVE_COPY = "save, large layer copied in"
 LC_EXPORT = "layercore export_image"
 LC_IMPORT = "layercore import_image"

@@ -1652,6 +1652,15 @@ mod tests {
     }
 
     /// Every directory below `root` gets mtime `t`, deepest first.
+    /// Sets the xattr `k` of `p` (not following a symlink); false where the filesystem refuses.
+    fn set(p: &Path, k: &str, v: &[u8]) -> bool {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        let k = CString::new(k).unwrap();
+        // SAFETY: valid C strings and buffer.
+        let rc = unsafe { libc::lsetxattr(c.as_ptr(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+        rc == 0
+    }
+
     fn freeze(root: &Path, t: i64) {
         fn rec(p: &Path, t: i64) {
             for e in fs::read_dir(p).unwrap() {
@@ -1785,14 +1794,6 @@ mod tests {
         write(&upper, "o/child", "c", 1000);
         write(&upper, "plain", "p", 1000);
         freeze(&upper, 1000);
-        let set = |p: &Path, k: &str, v: &[u8]| {
-            let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-            let k = CString::new(k).unwrap();
-            // SAFETY: valid C strings and buffer.
-            let rc =
-                unsafe { libc::lsetxattr(c.as_ptr(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-            rc == 0
-        };
         if !set(&upper.join("o"), "user.overlay.opaque", b"y") {
             return; // a filesystem without user xattrs
         }
@@ -1826,14 +1827,6 @@ mod tests {
         write(&upper, "d/gone", "", 1000);
         write(&upper, "empty", "", 1000);
         freeze(&upper, 1000);
-        let set = |p: &Path, k: &str, v: &[u8]| {
-            let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-            let k = CString::new(k).unwrap();
-            // SAFETY: valid C strings and buffer.
-            let rc =
-                unsafe { libc::lsetxattr(c.as_ptr(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-            rc == 0
-        };
         if !set(&upper.join("gone"), "user.overlay.whiteout", b"y") {
             return; // a filesystem without user xattrs
         }
