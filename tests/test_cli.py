@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from layercore import Layer, cli
+from layercore import Image, Layer, cli
 from layercore.cli import build_parser, main
 from layercore.store import Store
 
@@ -824,13 +824,14 @@ def test_verify_reports_damaged_blobs(lc: CLI, app: str) -> None:
 # --- terminals ------------------------------------------------------------------------------
 
 
-def test_progress_goes_to_a_terminal_stderr_and_stdout_stays_plain(tmp_path: Path) -> None:
-    src = base_tree(tmp_path / "src")
+def run_with_terminal_stderr(*argv: str) -> tuple[int, bytes, bytes]:
+    """Runs the installed console script with stderr on a pseudo-terminal: (status, what the
+    terminal got, stdout)."""
     leader, follower = pty.openpty()
     seen = b""
     try:
         proc = subprocess.Popen(
-            [VENV_BIN / "layercore", "--store", str(tmp_path / "s"), "layer", "create", str(src)],
+            [VENV_BIN / "layercore", *argv],
             stdout=subprocess.PIPE,
             stderr=follower,
             env=dict(os.environ, TERM="xterm-256color"),
@@ -847,10 +848,36 @@ def test_progress_goes_to_a_terminal_stderr_and_stdout_stays_plain(tmp_path: Pat
         stdout, _ = proc.communicate()
     finally:
         os.close(leader)
-    assert proc.returncode == 0
+    return proc.returncode, seen, stdout
+
+
+def test_progress_goes_to_a_terminal_stderr_and_stdout_stays_plain(tmp_path: Path) -> None:
+    src = base_tree(tmp_path / "src")
+    status, seen, stdout = run_with_terminal_stderr(
+        "--store", str(tmp_path / "s"), "layer", "create", str(src)
+    )
+    assert status == 0
     assert b"building a layer from" in seen
     assert b"\x1b[" not in stdout
     assert b"diff_id" in stdout
+
+
+def test_export_and_import_show_a_byte_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    layer = store.build_layer(base_tree(tmp_path / "src"))
+    store.save(Image.scratch(created=0).append(layer), "app:1")
+    out = tmp_path / "app.tar"
+    status, seen, _ = run_with_terminal_stderr(
+        "--store", str(store.root), "export", "app:1", str(out), "--format", "oci-archive"
+    )
+    assert status == 0 and out.is_file()
+    assert b"exporting app:1" in seen
+    status, seen, _ = run_with_terminal_stderr(
+        "--store", str(tmp_path / "other"), "import", str(out), "--tag", "copy:1"
+    )
+    assert status == 0
+    assert b"importing app.tar" in seen
+    assert Store(tmp_path / "other").load("copy:1").digest == store.load("app:1").digest
 
 
 def test_no_progress_when_stderr_is_not_a_terminal(lc: CLI, tmp_path: Path) -> None:

@@ -1197,3 +1197,40 @@ def test_duplicate_members_are_refused(
     archive = tmp_path / "dup.tar"
     archive.write_bytes(buf.getvalue())
     assert_refused(store, tmp_path, archive, CorruptImageError, "appears more than once")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "layout"),
+    [
+        ("oci", "oci"),
+        ("oci-archive", "oci"),
+        ("docker-archive", "oci"),
+        ("docker-archive", "legacy"),
+    ],
+)
+def test_export_and_import_report_their_progress_in_bytes(
+    store: Store, image: Image, tmp_path: Path, fmt: transport.Format, layout: str
+) -> None:
+    blob_bytes = len(image.manifest_bytes) + len(image.config_bytes)
+    blob_bytes += sum(layer.size for layer in image.layers)
+    seen: list[tuple[int, int | None]] = []
+    dest = tmp_path / ("out" if fmt == "oci" else "out.tar")
+    store.export_image(
+        "app:1.0",
+        dest,
+        fmt,
+        docker_layout=layout,  # type: ignore[arg-type]
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen[0] == (0, blob_bytes) and seen[-1] == (blob_bytes, blob_bytes)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+    seen.clear()
+    other = Store(tmp_path / "other")
+    imported = other.import_image(dest, "copy:1", progress=lambda d, t: seen.append((d, t)))
+    assert imported.diff_ids == image.diff_ids
+    done, total = seen[-1]
+    assert total is not None and done == total
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    # Every layer was copied into the new store and counted.
+    assert done >= sum(layer.size for layer in imported.layers)

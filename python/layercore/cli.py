@@ -29,7 +29,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from layercore._core import Entry, __version__, chain_id, sha256_file
@@ -264,6 +273,26 @@ class _Session:
             self.console.print(table)
         lines = captured.get().splitlines()
         sys.stdout.write("".join(line.rstrip() + "\n" for line in lines))
+
+    @contextmanager
+    def transfer(self, description: str) -> Iterator[Callable[[int, int | None], None]]:
+        """A progress bar of bytes moved (with speed and time left) on stderr while blobs are
+        copied (only when stderr is a terminal); yields the ``(done, total)`` callback that
+        export and import report to."""
+        if not sys.stderr.isatty():
+            yield lambda _done, _total: None
+            return
+        console = Console(file=sys.stderr, highlight=False, markup=False, emoji=False)
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(description, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
 
     @contextmanager
     def progress(self, description: str) -> Iterator[Callable[[str], None]]:
@@ -802,7 +831,7 @@ def _cmd_export(args: argparse.Namespace, session: _Session) -> int:
             f"export: --docker-layout applies to --format docker-archive only, not {args.format}"
         )
     image = session.load(args.image)
-    with session.progress(f"exporting {args.image} to {args.dest}"):
+    with session.transfer(f"exporting {args.image}") as report:
         try:
             dest = session.store.export_image(
                 args.image,
@@ -810,6 +839,7 @@ def _cmd_export(args: argparse.Namespace, session: _Session) -> int:
                 args.format,
                 name=args.name,
                 docker_layout=docker_layout or "oci",
+                progress=report,
             )
         except ImportError as exc:  # an optional dependency (zstandard) that is not installed
             _error(str(exc))
@@ -835,8 +865,8 @@ def _cmd_import(args: argparse.Namespace, session: _Session) -> int:
     if not src.exists():
         raise SourceNotFoundError("no such image layout or archive", src)
     before = session.store.tags()
-    with session.progress(f"importing {src}"):
-        image = session.store.import_image(src, args.tag, name=args.name)
+    with session.transfer(f"importing {src.name}") as report:
+        image = session.store.import_image(src, args.tag, name=args.name, progress=report)
     tag = args.tag
     if tag is None:
         # The tag the import gave it (its name in SRC): the one that now points at it.

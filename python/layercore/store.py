@@ -27,7 +27,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -473,24 +473,32 @@ class Store:
         *,
         name: str | None = None,
         docker_layout: Literal["oci", "legacy"] = "oci",
+        progress: Callable[[int, int | None], None] | None = None,
     ) -> Path:
         """Writes the image ``ref`` to ``dest`` as an OCI layout, an OCI archive or a
         ``docker save`` archive, in Docker >= 25's form or (``docker_layout="legacy"``) the
-        one before it (see :func:`layercore.transport.export_image`)."""
+        one before it (see :func:`layercore.transport.export_image`). ``progress`` is called
+        with ``(bytes written, bytes in all)`` as blobs are copied."""
         from layercore import transport
 
         return transport.export_image(
-            self, ref, dest, format, name=name, docker_layout=docker_layout
+            self, ref, dest, format, name=name, docker_layout=docker_layout, progress=progress
         )
 
     def import_image(
-        self, src: StrPath, tag: str | None = None, *, name: str | None = None
+        self,
+        src: StrPath,
+        tag: str | None = None,
+        *,
+        name: str | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
     ) -> Image:
         """Reads an image from an OCI layout, an OCI archive or a ``docker save`` archive into
-        the store (see :func:`layercore.transport.import_image`)."""
+        the store (see :func:`layercore.transport.import_image`). ``progress`` is called with
+        ``(bytes copied, bytes in all or None)`` as blobs are copied."""
         from layercore import transport
 
-        return transport.import_image(self, src, tag, name=name)
+        return transport.import_image(self, src, tag, name=name, progress=progress)
 
     # -- blob internals ------------------------------------------------------------------------
 

@@ -197,10 +197,16 @@ def detect_format(src: StrPath) -> Format:
 
 
 def import_image(
-    store: Store, src: StrPath, tag: str | None = None, *, name: str | None = None
+    store: Store,
+    src: StrPath,
+    tag: str | None = None,
+    *,
+    name: str | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Image:
     """Reads the image in ``src`` (any :data:`Format`, see :func:`detect_format`) into
-    ``store`` and returns it as saved there.
+    ``store`` and returns it as saved there. ``progress``, if given, is called with ``(bytes
+    copied, bytes in all)`` as blobs are copied; ``bytes in all`` is None until it is known.
 
     ``name`` selects one image in a source holding several: in an OCI layout an index ref
     name (``app:1.0``), a containerd/Docker image name or a manifest digest; in a
@@ -240,7 +246,7 @@ def import_image(
             tar = _PlainTar(archive, origin=src_path)
             fmt = _archive_format(src_path, set(tar.members))
             source = _TarSource(tar)
-        importer = _Importer(store, source, staging)
+        importer = _Importer(store, source, staging, _Meter(progress))
         picked: tuple[Image, str | None] | None = None
         if fmt != "docker-archive":
             picked = importer.oci(name, docker_fallback=source.exists(DOCKER_MANIFEST_FILE))
@@ -258,7 +264,41 @@ def import_image(
         # Every staged blob was verified as it was copied in: sync them and move them into
         # blobs/ rather than have save() copy them a second time.
         importer.install_staged()
-        return store.save(image, tag)
+        saved = store.save(image, tag)
+    # Blobs the store already had were not copied; the count still ends at the total.
+    importer.meter.finish()
+    return saved
+
+
+#: Called with ``(bytes done, bytes in all)`` as blobs are copied; ``bytes in all`` is None
+#: until it is known (a docker-archive import learns its layers' sizes one at a time).
+ProgressCallback = Callable[[int, int | None], None]
+
+
+class _Meter:
+    """Counts the blob bytes an export or import has moved and reports them to a callback."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int | None = None) -> None:
+        self._callback = callback
+        self.done = 0
+        self.total = total
+
+    def expect(self, total: int) -> None:
+        """Sets the byte count the operation will reach, once it is known."""
+        self.total = total
+        self.advance(0)
+
+    def finish(self) -> None:
+        """Reports the total as reached (what was counted, when no total was known)."""
+        if self.total is None:
+            self.total = self.done
+        self.advance(self.total - self.done)
+
+    def advance(self, n: int) -> None:
+        """``n`` more bytes were moved."""
+        self.done += n
+        if self._callback is not None:
+            self._callback(self.done, self.total)
 
 
 class _Source(abc.ABC):
@@ -430,8 +470,9 @@ class _TarSource(_Source):
 class _Importer:
     """One import: blobs staged (verified) in ``staging``, then one image built from them."""
 
-    def __init__(self, store: Store, source: _Source, staging: _Staging) -> None:
+    def __init__(self, store: Store, source: _Source, staging: _Staging, meter: _Meter) -> None:
         self.store = store
+        self.meter = meter
         self.source = source
         self.origin = source.origin
         self.staging = staging
@@ -477,9 +518,10 @@ class _Importer:
                 f"{len(diff_ids)} diff_ids",
                 self.origin,
             )
+        described = [_descriptor(d, what, self.origin) for d in layer_descs]
+        self.meter.expect(sum(size for _digest, size, _media_type in described))
         layers = []
-        for layer_desc, diff_id in zip(layer_descs, diff_ids, strict=True):
-            digest, size, media_type = _descriptor(layer_desc, what, self.origin)
+        for (digest, size, media_type), diff_id in zip(described, diff_ids, strict=True):
             path, _ = self._stage(_blob_name(digest), digest, size)
             layers.append(_layer(path, digest, diff_id, media_type))
         return _image(manifest_bytes, config_bytes, layers, what, self.origin), own_name
@@ -694,6 +736,7 @@ class _Importer:
                 return self.store.blob_path(digest), digest
         tmp = self.staging.new("incoming")
         actual, actual_size = self.source.copy(name, tmp, digest)
+        self.meter.advance(actual_size)
         if size is not None and actual_size != size:
             tmp.unlink()
             raise CorruptImageError(
@@ -736,9 +779,11 @@ def export_image(
     *,
     name: str | None = None,
     docker_layout: DockerLayout = "oci",
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Writes the image ``ref`` (a tag or digest, as :meth:`Store.load` takes) to ``dest`` in
-    ``format``; returns ``dest``.
+    ``format``; returns ``dest``. ``progress``, if given, is called with ``(bytes written,
+    bytes in all)`` as the blobs are copied (the command line draws its progress bar from it).
 
     ``"oci"``: ``dest`` is a directory, created if missing; an existing OCI layout gets the
     image added (an entry with the same ref name is replaced; blobs already there with the
@@ -783,12 +828,14 @@ def export_image(
         check_tag(name)
     docker_ref = _docker_reference(name) if format == "docker-archive" and name else None
     blobs = _image_blobs(store, image)
+    meter = _Meter(progress, sum(blob.size for blob in blobs))
+    meter.advance(0)
     dest_path = Path(dest)
     if format == "oci":
-        _write_layout(dest_path, image, name, blobs)
+        _write_layout(dest_path, image, name, blobs, meter)
         return dest_path
     if docker_layout == "legacy":
-        _write_legacy_archive(dest_path, image, docker_ref, blobs)
+        _write_legacy_archive(dest_path, image, docker_ref, blobs, meter)
         return dest_path
     manifest_json: list[dict[str, Any]] | None = None
     annotations: dict[str, str] = {}
@@ -808,7 +855,7 @@ def export_image(
             }
     elif name is not None:
         annotations = {REF_NAME: name}
-    _write_archive(dest_path, _index_entry(image, annotations), blobs, manifest_json)
+    _write_archive(dest_path, _index_entry(image, annotations), blobs, manifest_json, meter)
     return dest_path
 
 
@@ -846,7 +893,9 @@ def _index_entry(image: Image, annotations: Mapping[str, str]) -> dict[str, Any]
     return entry
 
 
-def _write_layout(dest: Path, image: Image, name: str | None, blobs: list[_Blob]) -> None:
+def _write_layout(
+    dest: Path, image: Image, name: str | None, blobs: list[_Blob], meter: _Meter
+) -> None:
     """Adds ``image`` to the OCI layout ``dest``: blobs first, then ``index.json`` replaced
     atomically, all under an exclusive lock on the directory (concurrent exports to one
     layout each keep their entry)."""
@@ -876,10 +925,12 @@ def _write_layout(dest: Path, image: Image, name: str | None, blobs: list[_Blob]
                 with contextlib.suppress(FileNotFoundError):
                     st = target.stat()
                     if stat.S_ISREG(st.st_mode) and st.st_size == blob.size:
+                        meter.advance(blob.size)
                         continue
                 tmp = blob_dir / f".{target.name}.{secrets.token_hex(8)}.tmp"
                 pending.append((tmp, target))
                 copy_blob(os.fspath(blob.path), os.fspath(tmp), verify=False, sync=False)
+                meter.advance(blob.size)
             for tmp, _target in pending:
                 _fsync_path(tmp)
             for tmp, target in pending:
@@ -912,6 +963,7 @@ def _write_archive(
     entry: Mapping[str, Any],
     blobs: list[_Blob],
     docker_manifest: list[dict[str, Any]] | None,
+    meter: _Meter,
 ) -> None:
     """A tar of an OCI layout holding one image (plus ``manifest.json`` for Docker), written
     to a temp file beside ``dest`` and renamed over it once complete."""
@@ -925,6 +977,7 @@ def _write_archive(
         writer.add_directory("blobs/sha256")
         for blob in blobs:
             writer.add_file(_blob_name(blob.digest), blob.path, blob.size)
+            meter.advance(blob.size)
 
 
 @contextlib.contextmanager
@@ -997,7 +1050,7 @@ class _LegacyLayer:
 
 
 def _write_legacy_archive(
-    dest: Path, image: Image, docker_ref: str | None, blobs: list[_Blob]
+    dest: Path, image: Image, docker_ref: str | None, blobs: list[_Blob], meter: _Meter
 ) -> None:
     """The legacy ``docker save`` archive of ``image`` (see the module docstring), written to a
     temp file beside ``dest`` and renamed over it once complete."""
@@ -1058,6 +1111,9 @@ def _write_legacy_archive(
             else:
                 fill = functools.partial(_decompress_into, blob.path, kind, member.diff_id)
                 writer.add_streamed(tar_name, fill)
+            meter.advance(blob.size)
+    # The manifest blob has no member in this form; the count still ends at the total.
+    meter.finish()
 
 
 def _legacy_layers(image: Image) -> list[_LegacyLayer]:
