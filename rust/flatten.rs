@@ -41,10 +41,8 @@ use std::fs::{File, Metadata};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::thread;
-use std::time::Duration;
 
 pub use crate::blob_writer::LayerDescriptor;
 use crate::blob_writer::LayerWriter;
@@ -52,6 +50,7 @@ use crate::compress::Compression;
 use crate::entry::{split_parent, Entry, EntryKind, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::error::{Error, Result};
 use crate::layer::EntryIter;
+use crate::parallel;
 use crate::tar::header::{self, HeaderSpec};
 use crate::tar::reader::normalize_path;
 
@@ -244,78 +243,23 @@ enum Store {
     Spool(File),
 }
 
-/// Indexes every layer, up to `threads` at a time (every core when `None`); the first error
-/// wins, and `check` runs on this thread while the workers read. Spool files go to
-/// `spool_dir`.
+/// Indexes every layer, up to `threads` at a time (every core when `None`); the first failure
+/// in layer order wins, and `check` runs on this thread while the workers read. Spool files go
+/// to `spool_dir`.
 fn index_all(
     paths: &[PathBuf],
     spool_dir: &Path,
     threads: Option<usize>,
     check: &dyn Fn() -> Result<()>,
 ) -> Result<Vec<LayerIndex>> {
-    if paths.is_empty() {
-        return Ok(Vec::new());
-    }
-    let workers = threads
-        .unwrap_or_else(|| {
-            thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
-        .clamp(1, paths.len());
-    let stop = AtomicBool::new(false);
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::channel::<(usize, Result<LayerIndex>)>();
-    let mut results: Vec<Option<LayerIndex>> = paths.iter().map(|_| None).collect();
-    let mut failure: Option<Error> = None;
-    thread::scope(|scope| {
-        for _ in 0..workers {
-            let tx = tx.clone();
-            let (stop, next) = (&stop, &next);
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, AtomicOrdering::Relaxed);
-                if i >= paths.len() || stop.load(AtomicOrdering::Relaxed) {
-                    break;
-                }
-                let result = index_layer(&paths[i], spool_dir, stop);
-                if result.is_err() {
-                    stop.store(true, AtomicOrdering::Relaxed);
-                }
-                if tx.send((i, result)).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok((i, Ok(index))) => results[i] = Some(index),
-                Ok((_, Err(e))) => {
-                    stop.store(true, AtomicOrdering::Relaxed);
-                    // A worker that saw the stop flag reports Interrupted; the cause wins.
-                    if matches!(failure, None | Some(Error::Interrupted)) {
-                        failure = Some(e);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if failure.is_none() {
-                        if let Err(e) = check() {
-                            stop.store(true, AtomicOrdering::Relaxed);
-                            failure = Some(e);
-                        }
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
+    let workers = threads.unwrap_or_else(|| {
+        thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    Ok(results
-        .into_iter()
-        .map(|r| r.expect("every layer indexed when none failed"))
-        .collect())
+    parallel::map_stoppable(paths.len(), workers, check, |i, stop| {
+        index_layer(&paths[i], spool_dir, stop)
+    })
 }
 
 fn stamp_path(path: &Path) -> Result<Stamp> {

@@ -33,15 +33,15 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
 
 use crate::compress::{self, Compression};
 use crate::digest::{Digester, HashingReader};
 use crate::entry::{split_parent, Entry, EntryKind, WHITEOUT_PREFIX};
 use crate::error::{Error, Result};
 use crate::layer::{self, LayerInfo};
+use crate::parallel;
 use crate::tar::reader::TarReader;
 
 /// What an index file's name adds to its blob's name.
@@ -607,71 +607,13 @@ pub fn open_all(
     let distinct: Vec<usize> = (0..blobs.len())
         .filter(|&i| *first_of.entry(&blobs[i]).or_insert(i) == i)
         .collect();
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(distinct.len())
-        .max(1);
-    let cancel = AtomicBool::new(false);
-    let next = AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<LayerIndex>>> = (0..blobs.len()).map(|_| None).collect();
-    let mut interrupted = None;
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel();
-        for _ in 0..workers {
-            let tx = tx.clone();
-            let (cancel, next, distinct) = (&cancel, &next, &distinct);
-            scope.spawn(move || loop {
-                let n = next.fetch_add(1, AtomicOrdering::Relaxed);
-                let Some(&i) = distinct.get(n) else { break };
-                let result = if cancel.load(AtomicOrdering::Relaxed) {
-                    Err(Error::Interrupted)
-                } else {
-                    LayerIndex::open_cancellable(&blobs[i], index_dir, save, cancel)
-                };
-                if result.is_err() {
-                    cancel.store(true, AtomicOrdering::Relaxed);
-                }
-                if tx.send((i, result)).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        let mut pending = distinct.len();
-        while pending > 0 {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok((i, result)) => {
-                    results[i] = Some(result);
-                    pending -= 1;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if interrupted.is_none() {
-                        if let Err(e) = check() {
-                            cancel.store(true, AtomicOrdering::Relaxed);
-                            interrupted = Some(e);
-                        }
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-    });
-    if let Some(e) = interrupted {
-        return Err(e);
-    }
-    // The first real failure in blob order; `Interrupted` only if nothing else failed (the
-    // workers stopped by a failure elsewhere report it).
-    let mut stopped = None;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let indexes = parallel::map_stoppable(distinct.len(), workers, check, |n, cancel| {
+        LayerIndex::open_cancellable(&blobs[distinct[n]], index_dir, save, cancel)
+    })?;
     let mut shared: Vec<Option<Arc<LayerIndex>>> = vec![None; blobs.len()];
-    for &i in &distinct {
-        match results[i].take() {
-            Some(Ok(index)) => shared[i] = Some(Arc::new(index)),
-            Some(Err(Error::Interrupted)) | None => stopped = Some(Error::Interrupted),
-            Some(Err(e)) => return Err(e),
-        }
-    }
-    if let Some(e) = stopped {
-        return Err(e);
+    for (&i, index) in distinct.iter().zip(indexes) {
+        shared[i] = Some(Arc::new(index));
     }
     Ok((0..blobs.len())
         .map(|i| {
@@ -1326,7 +1268,7 @@ mod tests {
         // file system's timestamp granularity may get the same one).
         blob(tmp.path(), "l", &[file("f", b"two")], Compression::None);
         assert_eq!(fs::metadata(&path).unwrap().len(), index.stamp().size);
-        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
         File::options()
             .write(true)
             .open(&path)
