@@ -4,7 +4,9 @@ already stored, and export/import in the three formats, each against ``cp`` of t
 Every layercore call here fsyncs what it writes (the store's and the exports' promise), which on
 this machine's disk costs more than the copy itself, so each ``cp`` baseline is measured twice in
 the same run: bare (the page-cache copy) and followed by coreutils ``sync FILE...`` on everything
-it wrote (the same durability). Data: ``blob-1g`` is a plain-tar layer of one 10^9-byte random
+it wrote (the same durability). Export and import meet ``cp`` + ``sync`` in ``test_paired``,
+round by round in alternation, since the disk's speed drifts more between separate runs than
+the two differ. Data: ``blob-1g`` is a plain-tar layer of one 10^9-byte random
 file; ``image-1g`` an image of four plain-tar layers of 250 MB random files each (smoke mode:
 4 MB and 4 x 1 MB). They are generated once from a fixed seed and cached like the trees.
 Timings are never asserted; the assertions are correctness checks (digests, diff_ids).
@@ -18,6 +20,7 @@ import random
 import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,7 @@ LC_ROUNDS = 1 if SMOKE else 5
 CLI_ROUNDS = 1 if SMOKE else 3
 SAVE_ROUNDS = 1 if SMOKE else 20
 SAVE_COPY_ROUNDS = 1 if SMOKE else 3
+PAIRS = 1 if SMOKE else 6
 
 # contender names, as report.py reads them from extra_info["tool"] (the ones its targets use
 # come from it)
@@ -329,10 +333,9 @@ def _cp_name(fmt: Format, fsync: bool) -> str:
     return CP_SYNC if fsync else CP
 
 
+# `cp` + `sync` is measured in test_paired, alternating with layercore.
 _CONTENDERS = [
-    pytest.param(fmt, tool, id=f"{fmt}-{tool.replace(' + ', '-')}")
-    for fmt in FORMATS
-    for tool in ("layercore", "cp", "cp + sync")
+    pytest.param(fmt, tool, id=f"{fmt}-{tool}") for fmt in FORMATS for tool in ("layercore", "cp")
 ]
 
 
@@ -386,3 +389,79 @@ def test_import(benchmark: Any, prepared: Prepared, outdir: Path, fmt: Format, t
         benchmark.extra_info["command"] = cmd
         _run(benchmark, lambda: _sh(cmd), CLI_ROUNDS, _remove(dest), written=dest)
         _remove(dest)()
+
+
+# --------------------------------------------------------------------------------------------
+# export and import against `cp` + `sync`, alternating
+
+
+@pytest.mark.parametrize(
+    ("op", "fmt"), [(op, fmt) for op in ("export", "import") for fmt in FORMATS]
+)
+def test_paired(benchmark: Any, prepared: Prepared, outdir: Path, op: str, fmt: Format) -> None:
+    """layercore's export (import) and `cp` + `sync` of the same bytes, alternating round by
+    round in the order A B B A A B ..., each round after an ``os.sync()``.
+
+    Both write 1 GB to disk and wait for it, so the disk's state decides much of their time:
+    this machine's disk writes the first few hundred MB after a pause faster than the rest,
+    and separate runs of the two drift apart by ±30 %. Alternating gives both the same disk.
+    Each round's time goes to ``extra_info["paired"]``; report.py compares the two medians and
+    the pairs. pytest-benchmark's own statistics mix both contenders and are not reported."""
+    src = prepared.exported[fmt]
+    size = _bytes_of(src)
+    baseline = _cp_name(fmt, fsync=True)
+    dest = outdir / ("layout" if fmt == "oci" else "image.tar")
+    copy = outdir / "copy"
+    root = outdir / "store"
+    cmd = _cp_command(src, copy, fsync=True)
+    state: dict[str, Any] = {"round": 0, "store": None}
+    times: dict[str, list[float]] = {"layercore": [], "baseline": []}
+    order = [("layercore", "baseline"), ("baseline", "layercore")]
+    sequence = [who for i in range(PAIRS) for who in order[i % 2]]
+
+    def layercore() -> None:
+        if op == "export":
+            prepared.store.export_image(TAG, dest, fmt)
+        else:
+            imported = state["store"].import_image(src, TAG)
+            assert imported.digest == prepared.image.digest
+
+    def setup() -> None:
+        for path in (dest, copy):
+            _remove(path)()
+        if op == "import":
+            shutil.rmtree(root, ignore_errors=True)
+            state["store"] = Store(root)
+        if not SMOKE:
+            os.sync()
+
+    def one_round() -> None:
+        who = sequence[state["round"]]
+        state["round"] += 1
+        start = time.perf_counter()
+        if who == "layercore":
+            layercore()
+        else:
+            _sh(cmd)
+        times[who].append(time.perf_counter() - start)
+        if who == "layercore" and op == "export":
+            # Exports are reproducible: the same bytes as the prepared export.
+            assert _bytes_of(dest) == size
+
+    benchmark.group = f"paired-{op}-{fmt}/image-1g"
+    benchmark.pedantic(one_round, setup=setup, rounds=len(sequence), iterations=1)
+    benchmark.extra_info.update(
+        tool=LC_EXPORT if op == "export" else LC_IMPORT,
+        subject=True,
+        bytes_in=size,
+        bytes_out=None,
+        command=cmd,
+        paired={
+            "baseline": baseline,
+            "subject_times": times["layercore"],
+            "baseline_times": times["baseline"],
+        },
+    )
+    assert len(times["layercore"]) == len(times["baseline"]) == PAIRS
+    for path in (dest, copy, root):
+        _remove(path)()

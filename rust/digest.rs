@@ -10,6 +10,7 @@ use std::path::Path;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
+use crate::pagebuf::{read_page_aligned, PageBuf};
 
 /// Formats a raw SHA-256 as `sha256:<hex>`.
 pub fn format_sha256(raw: &[u8]) -> String {
@@ -154,17 +155,17 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// The SHA-256 of a file's bytes and its length.
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
+    let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
     let mut digester = Digester::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = PageBuf::new(1 << 20);
     loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
+        let got = match read_page_aligned(&file, buf.bytes_mut(), digester.len(), 1 << 20) {
+            Ok(got) if got.is_empty() => break,
+            Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io(path, "cannot read", e)),
         };
-        digester.update(&buf[..n]);
+        digester.update(&buf.bytes_mut()[got]);
     }
     let len = digester.len();
     Ok((digester.finish(), len))

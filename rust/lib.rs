@@ -15,6 +15,7 @@ pub mod flatten;
 pub mod index;
 pub mod layer;
 pub mod overlay;
+pub mod pagebuf;
 pub mod parallel;
 pub mod tar;
 pub mod walk;
