@@ -288,7 +288,7 @@ fn copy_read_once(
         let hasher = s.spawn(move || {
             let mut digester = Digester::new();
             for (buf, range) in chunks {
-                digester.update(&buf.bytes()[range]);
+                digester.update(&buf[range]);
                 // After a failed copy nobody takes buffers back; that is fine.
                 let _ = give_back.send(buf);
             }
@@ -315,13 +315,13 @@ fn copy_read_once(
                     Some(buf) => Arc::into_inner(buf).expect("a returned buffer is unshared"),
                     None => {
                         made += 1;
-                        PageBuf::new(FALLBACK_BUF)
+                        PageBuf::for_reads(FALLBACK_BUF)
                     }
                 };
                 let at = start + done;
                 let want = (len - done).min(FALLBACK_BUF as u64) as usize;
                 let got = loop {
-                    match read_page_aligned(src, buf.bytes_mut(), at, want) {
+                    match read_page_aligned(src, &mut buf, at, want) {
                         Ok(got) => break got,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(Error::io(src_path, "cannot read", e)),
@@ -335,7 +335,7 @@ fn copy_read_once(
                 to_hash
                     .send((Arc::clone(&buf), got.clone()))
                     .expect("the hash thread runs until the sender is dropped");
-                dest.write_all_at(&buf.bytes()[got], done)
+                dest.write_all_at(&buf[got], done)
                     .map_err(|e| Error::io(dest_path, "cannot write", e))?;
                 done += n;
             }
@@ -412,13 +412,13 @@ fn copy_range(
             continue;
         }
         if buf.is_empty() {
-            buf = PageBuf::new(FALLBACK_BUF);
+            buf = PageBuf::for_reads(FALLBACK_BUF);
         }
         let mut step = 0u64;
         while step < want {
             let at = start + done + step;
             let chunk = (want - step).min(FALLBACK_BUF as u64) as usize;
-            let got = match read_page_aligned(src, buf.bytes_mut(), at, chunk) {
+            let got = match read_page_aligned(src, &mut buf, at, chunk) {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::io(src_path, "cannot read", e)),
@@ -427,7 +427,7 @@ fn copy_range(
                 return Err(truncated(src_path, at, start, start + len));
             }
             let n = got.len() as u64;
-            dest.write_all_at(&buf.bytes_mut()[got], done + step)
+            dest.write_all_at(&buf[got], done + step)
                 .map_err(|e| Error::io(dest_path, "cannot write", e))?;
             step += n;
         }
@@ -488,7 +488,7 @@ fn hash_range(
     len: u64,
     stop: &AtomicBool,
 ) -> Result<Option<Digester>> {
-    let mut buf = PageBuf::new(HASH_BUF.min(len.max(1) as usize));
+    let mut buf = PageBuf::for_reads(HASH_BUF.min(len.max(1) as usize));
     let mut digester = Digester::new();
     let mut done = 0u64;
     while done < len {
@@ -496,13 +496,13 @@ fn hash_range(
             return Ok(None);
         }
         let want = (len - done).min(HASH_BUF as u64) as usize;
-        match read_page_aligned(src, buf.bytes_mut(), start + done, want) {
+        match read_page_aligned(src, &mut buf, start + done, want) {
             Ok(got) if got.is_empty() => {
                 return Err(truncated(path, start + done, start, start + len))
             }
             Ok(got) => {
                 done += got.len() as u64;
-                digester.update(&buf.bytes_mut()[got]);
+                digester.update(&buf[got]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io(path, "cannot read", e)),

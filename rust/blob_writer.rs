@@ -28,6 +28,7 @@ use std::thread;
 use crate::compress::Compression;
 use crate::digest::{Digester, HashingWriter};
 use crate::error::{Error, Result};
+use crate::pagebuf::PageBuf;
 use crate::tar::header::{self, HeaderSpec};
 use crate::tar::{BLOCK, RECORD};
 
@@ -51,7 +52,7 @@ pub struct LayerDescriptor {
 
 /// A chunk of the tar stream: a fixed-size buffer and how much of it is filled.
 struct Chunk {
-    data: Box<[u8]>,
+    data: PageBuf,
     len: usize,
 }
 
@@ -107,11 +108,9 @@ impl LayerWriter {
             .map_err(|e| Error::io(tmp.path(), "cannot open", e))?;
 
         let pool_size = 4 + 2 * threads;
-        let (free_tx, free_rx) = sync_channel::<Box<[u8]>>(pool_size);
+        let (free_tx, free_rx) = sync_channel::<PageBuf>(pool_size);
         for _ in 0..pool_size {
-            free_tx
-                .send(vec![0u8; CHUNK].into_boxed_slice())
-                .expect("pool has room");
+            free_tx.send(PageBuf::new(CHUNK)).expect("pool has room");
         }
         let (full_tx, full_rx) = sync_channel::<Chunk>(2);
         let sink_out = out.to_path_buf();
@@ -323,7 +322,7 @@ pub(crate) fn is_closed(e: &Error) -> bool {
 /// Cuts the tar stream into fixed-size chunks taken from the pool.
 struct Chunker {
     cur: Option<Chunk>,
-    free: Receiver<Box<[u8]>>,
+    free: Receiver<PageBuf>,
     full: SyncSender<Chunk>,
     total: u64,
 }
@@ -409,7 +408,7 @@ impl Chunker {
 /// Hashes the tar stream (diff_id) and hands it to the compressor/writer for `compression`.
 fn sink(
     full: Receiver<Chunk>,
-    free: SyncSender<Box<[u8]>>,
+    free: SyncSender<PageBuf>,
     file: File,
     out: &Path,
     compression: Compression,
@@ -430,7 +429,7 @@ fn write_err(out: &Path, e: io::Error) -> Error {
 /// Plain tar: the blob is the tar, so digest == diff_id. Hashing and writing run on two threads.
 fn sink_plain(
     full: Receiver<Chunk>,
-    free: SyncSender<Box<[u8]>>,
+    free: SyncSender<PageBuf>,
     mut file: File,
     out: &Path,
 ) -> Result<Summary> {
@@ -471,7 +470,7 @@ fn sink_plain(
 /// stream, the natural unit.
 fn sink_gzip(
     full: Receiver<Chunk>,
-    free: SyncSender<Box<[u8]>>,
+    free: SyncSender<PageBuf>,
     file: File,
     out: &Path,
     level: i32,
@@ -581,7 +580,7 @@ fn looks_incompressible(data: &[u8]) -> bool {
 /// is the same for every worker count (and differs from single-threaded mode).
 fn sink_zstd(
     full: Receiver<Chunk>,
-    free: SyncSender<Box<[u8]>>,
+    free: SyncSender<PageBuf>,
     file: File,
     out: &Path,
     level: i32,

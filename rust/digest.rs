@@ -157,15 +157,15 @@ impl<R: Read> Read for HashingReader<R> {
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
     let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
     let mut digester = Digester::new();
-    let mut buf = PageBuf::new(1 << 20);
+    let mut buf = PageBuf::for_reads(1 << 20);
     loop {
-        let got = match read_page_aligned(&file, buf.bytes_mut(), digester.len(), 1 << 20) {
+        let got = match read_page_aligned(&file, &mut buf, digester.len(), 1 << 20) {
             Ok(got) if got.is_empty() => break,
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io(path, "cannot read", e)),
         };
-        digester.update(&buf.bytes_mut()[got]);
+        digester.update(&buf[got]);
     }
     let len = digester.len();
     Ok((digester.finish(), len))

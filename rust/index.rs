@@ -30,7 +30,7 @@ use std::cmp::Ordering;
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -41,6 +41,7 @@ use crate::digest::{Digester, HashingReader};
 use crate::entry::{split_parent, Entry, EntryKind, WHITEOUT_PREFIX};
 use crate::error::{Error, Result};
 use crate::layer::{self, LayerInfo};
+use crate::pagebuf::{PageBuf, PageBufReader};
 use crate::parallel;
 use crate::tar::reader::TarReader;
 
@@ -341,7 +342,7 @@ impl LayerIndex {
         let blob = &self.blob;
         let file = File::open(blob).map_err(|e| Error::io(blob, "cannot open", e))?;
         let read_err = |e: io::Error| stream_error(blob, e);
-        let mut buf = vec![0u8; COPY_BUFFER];
+        let mut buf = PageBuf::new(COPY_BUFFER);
         let mut body: Box<dyn Read> = match self.info.compression {
             Compression::None => {
                 let mut file = file;
@@ -351,7 +352,7 @@ impl LayerIndex {
             }
             Compression::Gzip | Compression::Zstd => {
                 let (_, mut stream) =
-                    compress::decoder(BufReader::with_capacity(COPY_BUFFER, file))
+                    compress::decoder(PageBufReader::with_capacity(COPY_BUFFER, file))
                         .map_err(read_err)?;
                 let mut skip = entry.offset;
                 while skip > 0 {

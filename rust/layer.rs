@@ -7,7 +7,7 @@
 //! zstd frame that do not start another one, and a stream cut short inside a frame.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, Read};
 use std::path::Path;
 
 use flate2::bufread::GzDecoder;
@@ -17,6 +17,7 @@ use crate::compress::{Compression, GZIP_MAGIC, ZSTD_MAGIC};
 use crate::digest::{parse_sha256, Digester, HashingReader};
 use crate::entry::Entry;
 use crate::error::{Error, Result};
+use crate::pagebuf::PageBufReader;
 use crate::tar::reader::TarReader;
 
 /// Read size for the blob file; the tar reader has its own buffer of the same size.
@@ -52,7 +53,8 @@ pub fn describe(path: &Path) -> Result<LayerInfo> {
 /// would take two). An error from `each` stops the scan and is returned.
 pub fn scan(path: &Path, mut each: impl FnMut(Entry) -> Result<()>) -> Result<LayerInfo> {
     let file = open(path)?;
-    let mut stored = BufReader::with_capacity(BUFFER_SIZE, HashingReader::new(SourceFile(file)));
+    let mut stored =
+        PageBufReader::with_capacity(BUFFER_SIZE, HashingReader::new(SourceFile(file)));
     let (compression, stream) = decode(&mut stored, path)?;
     // A plain tar is its own uncompressed stream: one hash serves as both digests.
     let digester = (compression != Compression::None).then(Digester::new);
@@ -145,7 +147,7 @@ impl EntryIter {
     /// Opens `path` and detects its compression; reading starts with the first `next`.
     pub fn open(path: &Path) -> Result<EntryIter> {
         let file = open(path)?;
-        let stored = BufReader::with_capacity(BUFFER_SIZE, SourceFile(file));
+        let stored = PageBufReader::with_capacity(BUFFER_SIZE, SourceFile(file));
         let (compression, stream) = decode(stored, path)?;
         Ok(EntryIter {
             tar: TarReader::new(stream, path.to_path_buf()),

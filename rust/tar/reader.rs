@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use super::BLOCK;
 use crate::entry::{split_parent, whiteout_kind, Entry, EntryKind, WHITEOUT_PREFIX};
 use crate::error::{Error, Result};
+use crate::pagebuf::PageBuf;
 
 /// Read size of the internal buffer: large enough that skipping multi-GB entries costs few calls
 /// into a decompressor, small enough to be irrelevant next to it.
@@ -1012,7 +1013,7 @@ fn typeflag_name(typeflag: u8) -> String {
 /// The buffered front of the stream, counting consumed bytes.
 struct Input<R> {
     inner: R,
-    buf: Box<[u8]>,
+    buf: PageBuf,
     start: usize,
     end: usize,
     consumed: u64,
@@ -1022,7 +1023,7 @@ impl<R: Read> Input<R> {
     fn new(inner: R) -> Self {
         Input {
             inner,
-            buf: vec![0u8; BUFFER_SIZE].into_boxed_slice(),
+            buf: PageBuf::new(BUFFER_SIZE),
             start: 0,
             end: 0,
             consumed: 0,
