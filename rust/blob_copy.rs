@@ -318,18 +318,8 @@ fn copy_read_once(
                         PageBuf::for_reads(FALLBACK_BUF)
                     }
                 };
-                let at = start + done;
                 let want = (len - done).min(FALLBACK_BUF as u64) as usize;
-                let got = loop {
-                    match read_page_aligned(src, &mut buf, at, want) {
-                        Ok(got) => break got,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(Error::io(src_path, "cannot read", e)),
-                    }
-                };
-                if got.is_empty() {
-                    return Err(truncated(src_path, at, start, start + len));
-                }
+                let got = read_range_part(src, src_path, &mut buf, start, len, done, want)?;
                 let n = got.len() as u64;
                 let buf = Arc::new(buf);
                 to_hash
@@ -416,16 +406,8 @@ fn copy_range(
         }
         let mut step = 0u64;
         while step < want {
-            let at = start + done + step;
             let chunk = (want - step).min(FALLBACK_BUF as u64) as usize;
-            let got = match read_page_aligned(src, &mut buf, at, chunk) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(src_path, "cannot read", e)),
-            };
-            if got.is_empty() {
-                return Err(truncated(src_path, at, start, start + len));
-            }
+            let got = read_range_part(src, src_path, &mut buf, start, len, done + step, chunk)?;
             let n = got.len() as u64;
             dest.write_all_at(&buf[got], done + step)
                 .map_err(|e| Error::io(dest_path, "cannot write", e))?;
@@ -496,19 +478,34 @@ fn hash_range(
             return Ok(None);
         }
         let want = (len - done).min(HASH_BUF as u64) as usize;
-        match read_page_aligned(src, &mut buf, start + done, want) {
-            Ok(got) if got.is_empty() => {
-                return Err(truncated(path, start + done, start, start + len))
-            }
-            Ok(got) => {
-                done += got.len() as u64;
-                digester.update(&buf[got]);
-            }
+        let got = read_range_part(src, path, &mut buf, start, len, done, want)?;
+        done += got.len() as u64;
+        digester.update(&buf[got]);
+    }
+    Ok(Some(digester))
+}
+
+/// Reads up to `want` bytes of the range `[start, start + len)` of `src` from `done` bytes into
+/// it, with [`read_page_aligned`] into `buf`; returns where in `buf` they are (never empty: a
+/// file that ends first is [`Error::Truncated`]).
+fn read_range_part(
+    src: &File,
+    path: &Path,
+    buf: &mut PageBuf,
+    start: u64,
+    len: u64,
+    done: u64,
+    want: usize,
+) -> Result<Range<usize>> {
+    let at = start + done;
+    loop {
+        match read_page_aligned(src, buf, at, want) {
+            Ok(got) if got.is_empty() => return Err(truncated(path, at, start, start + len)),
+            Ok(got) => return Ok(got),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io(path, "cannot read", e)),
         }
     }
-    Ok(Some(digester))
 }
 
 #[cfg(test)]
