@@ -42,7 +42,7 @@ lint: venv
 	cargo clippy --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
-	$(VENV)/bin/mypy --strict python/layercore
+	$(VENV)/bin/mypy --strict python/layercore benches/*.py
 
 rust-test:
 	cargo test

@@ -206,7 +206,10 @@ def test_flatten(benchmark: Any, stack5: trees.StackTree, outdir: Path, tool: st
     else:
         _info(benchmark, "flatten", t, PY_FLATTEN, False, **kw)
         fn = lambda: _py_flatten(layers, out)  # noqa: E731
-    clean = lambda: out.unlink(missing_ok=True)  # noqa: E731
+
+    def clean() -> None:
+        out.unlink(missing_ok=True)
+
     try:
         rounds = LC_ROUNDS if tool == LC else PY_ROUNDS
         _run(benchmark, fn, rounds, clean, keep_last=True)
@@ -354,7 +357,10 @@ def test_diff(benchmark: Any, tree: Callable[[str], trees.Tree], outdir: Path, t
     # metadata is compared, so content bytes say little here: no MB/s for this group
     kw = {"bytes_in": None, "lower": "small", "upper": b.name, "entries": _entries(a, b)}
     _info(benchmark, "diff", a, tool, tool == LC, **kw)
-    clean = lambda: out.unlink(missing_ok=True)  # noqa: E731
+
+    def clean() -> None:
+        out.unlink(missing_ok=True)
+
     if tool == LC:
         fn: Callable[[], Any] = lambda: layercore.Layer.from_diff(  # noqa: E731
             a.path, b.path, out, compression=None
@@ -396,7 +402,10 @@ def test_extract(
     dest = outdir / "dest"
     # bytes_in: the tree's content bytes (what ends up written); the blob is extra_info
     _info(benchmark, "extract", t, tool, tool == LC, layer_bytes=layer.size, writes_output=True)
-    clean = lambda: shutil.rmtree(dest, ignore_errors=True)  # noqa: E731
+
+    def clean() -> None:
+        shutil.rmtree(dest, ignore_errors=True)
+
     if tool == LC:
         # The view is built untimed: extract needs no index, only the blob.
         stack = layercore.Stack([layer])

@@ -345,9 +345,9 @@ def _gen_big(root: Path, p: dict[str, Any]) -> None:
                 off = rng.randrange(0, len(text) - n + 1)
                 f.write(text[off : off + n])
                 left -= n
-    for f in root.iterdir():
-        os.chmod(f, 0o644)
-        os.utime(f, (BASE_MTIME, BASE_MTIME))
+    for path in root.iterdir():
+        os.chmod(path, 0o644)
+        os.utime(path, (BASE_MTIME, BASE_MTIME))
     os.utime(root, (BASE_MTIME, BASE_MTIME))
 
 
@@ -520,10 +520,10 @@ def _mutate(root: Path, rng: random.Random, fraction: float, replaced_dirs: int,
             continue
         r = rng.random()
         if r < 0.35 and p.is_file() and not p.is_symlink():  # modify in place (keeps hardlinks)
-            with open(p, "r+b") as f:
-                size = os.fstat(f.fileno()).st_size
-                f.truncate(0)
-                f.write(body(min(size, len(text)) if size else rng.randint(1, 4 * KiB)))
+            with open(p, "r+b") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                fh.truncate(0)
+                fh.write(body(min(size, len(text)) if size else rng.randint(1, 4 * KiB)))
             os.utime(p, (mtime, mtime + i))
         elif r < 0.60:  # delete
             p.unlink()
