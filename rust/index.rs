@@ -40,7 +40,7 @@ use crate::compress::{self, Compression};
 use crate::digest::{Digester, HashingReader};
 use crate::entry::{split_parent, Entry, EntryKind, WHITEOUT_PREFIX};
 use crate::error::{Error, Result};
-use crate::layer::{self, LayerInfo};
+use crate::layer::{self, LayerInfo, SeekPoint};
 use crate::pagebuf::{PageBuf, PageBufReader};
 use crate::parallel;
 use crate::tar::reader::TarReader;
@@ -51,7 +51,7 @@ pub const INDEX_SUFFIX: &str = ".lcidx";
 /// First bytes of an index file. The `\r\n\x1a` tail (as in PNG) catches text-mode mangling.
 const MAGIC: &[u8; 8] = b"LCIDX\r\n\x1a";
 /// Format version; an index of another version is rebuilt, never misread.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Length of the `sha256:<hex>` trailer that checks an index file's integrity.
 const TRAILER: usize = 71;
 
@@ -135,6 +135,8 @@ pub struct LayerIndex {
     opaque: Vec<Box<[u8]>>,
     /// The visible entries (implied directories included), one per path, in walk order.
     order: Vec<u32>,
+    /// Gzip members [`LayerIndex::copy_data`] can start decompressing at, in stream order.
+    seek: Vec<SeekPoint>,
 }
 
 impl LayerIndex {
@@ -154,8 +156,11 @@ impl LayerIndex {
     /// [`LayerIndex::build`], giving up with [`Error::Interrupted`] soon after `cancel` is set.
     pub fn build_cancellable(blob: &Path, cancel: &AtomicBool) -> Result<LayerIndex> {
         let stamp = BlobStamp::of(blob)?;
-        let (info, entries) = match sniff(blob)? {
-            Compression::None => scan_plain(blob, cancel)?,
+        let (info, entries, seek) = match sniff(blob)? {
+            Compression::None => {
+                let (info, entries) = scan_plain(blob, cancel)?;
+                (info, entries, Vec::new())
+            }
             Compression::Gzip | Compression::Zstd => scan_compressed(blob, cancel)?,
         };
         if BlobStamp::of(blob)? != stamp {
@@ -164,7 +169,7 @@ impl LayerIndex {
                 detail: "the blob changed while it was being indexed".into(),
             });
         }
-        Self::assemble(blob.to_path_buf(), stamp, info, entries)
+        Self::assemble(blob.to_path_buf(), stamp, info, entries, seek)
     }
 
     /// Loads the cached index of `blob` (at [`LayerIndex::index_path`] for `index_dir`) if
@@ -333,9 +338,12 @@ impl LayerIndex {
     }
 
     /// Copies the data of entry `i` (a regular file's body) from the blob into `out`; returns
-    /// the bytes copied (the entry's size). A plain tar is read at the entry's offset; a gzip or
-    /// zstd blob is decompressed from its start and the bytes before the entry are skipped, in
-    /// O(1) memory. [`Error::Changed`] if the blob is not the one indexed.
+    /// the bytes copied (the entry's size). A plain tar is read at the entry's offset; a gzip
+    /// blob is decompressed from the last seek point (a member start, see
+    /// [`layer::scan_seekable`]) at or before the entry, so at most [`layer::SEEK_SPACING`]
+    /// bytes plus one member are decoded and skipped when the blob has many members (ours have
+    /// one per MiB); a zstd blob, or a gzip blob of one member, from its start. O(1) memory.
+    /// [`Error::Changed`] if the blob is not the one indexed.
     pub fn copy_data(&self, i: u32, out: &mut dyn Write) -> Result<u64> {
         self.check_fresh()?;
         let entry = self.entry(i);
@@ -351,10 +359,21 @@ impl LayerIndex {
                 Box::new(file)
             }
             Compression::Gzip | Compression::Zstd => {
+                // Start at the last gzip member at or before the entry's data, if any.
+                let start = match self.seek.partition_point(|p| p.stream <= entry.offset) {
+                    0 => SeekPoint {
+                        stored: 0,
+                        stream: 0,
+                    },
+                    n => self.seek[n - 1],
+                };
+                let mut file = file;
+                file.seek(SeekFrom::Start(start.stored))
+                    .map_err(|e| Error::io(blob, "cannot seek", e))?;
                 let (_, mut stream) =
                     compress::decoder(PageBufReader::with_capacity(COPY_BUFFER, file))
                         .map_err(read_err)?;
-                let mut skip = entry.offset;
+                let mut skip = entry.offset - start.stream;
                 while skip > 0 {
                     let want = buf.len().min(usize::try_from(skip).unwrap_or(usize::MAX));
                     let n = read_some(&mut stream, &mut buf[..want]).map_err(read_err)?;
@@ -410,11 +429,11 @@ impl LayerIndex {
     pub fn load(path: &Path, blob: &Path) -> Result<Option<LayerIndex>> {
         let bytes = fs::read(path).map_err(|e| Error::io(path, "cannot read", e))?;
         let current = BlobStamp::of(blob)?;
-        let (stamp, info, entries) = decode(&bytes, path)?;
+        let (stamp, info, entries, seek) = decode(&bytes, path)?;
         if stamp != current {
             return Ok(None);
         }
-        Self::assemble(blob.to_path_buf(), stamp, info, entries).map(Some)
+        Self::assemble(blob.to_path_buf(), stamp, info, entries, seek).map(Some)
     }
 
     /// Builds the lookup structures over the archive entries.
@@ -423,6 +442,7 @@ impl LayerIndex {
         stamp: BlobStamp,
         info: LayerInfo,
         mut entries: Vec<Entry>,
+        seek: Vec<SeekPoint>,
     ) -> Result<LayerIndex> {
         if entries.len() >= NONE as usize {
             return Err(Error::Unsupported {
@@ -536,6 +556,7 @@ impl LayerIndex {
             whiteouts,
             opaque,
             order,
+            seek,
         })
     }
 
@@ -584,6 +605,11 @@ impl LayerIndex {
                 put_bytes(&mut out, v);
             }
             put_uint(&mut out, e.offset);
+        }
+        put_uint(&mut out, self.seek.len() as u64);
+        for p in &self.seek {
+            put_uint(&mut out, p.stored);
+            put_uint(&mut out, p.stream);
         }
         let mut d = Digester::new();
         d.update(&out);
@@ -674,16 +700,19 @@ fn scan_plain(blob: &Path, cancel: &AtomicBool) -> Result<(LayerInfo, Vec<Entry>
 /// described the blob decompressed it twice: `Stack(layers)` over the benchmarks' 5-layer gzip
 /// stack (`index/stack5`) took 731 ms of CPU that way and takes 425 ms in one pass, its wall
 /// time 611 ms then and 502 ms now (the largest layer and the merge are what is left).
-fn scan_compressed(blob: &Path, cancel: &AtomicBool) -> Result<(LayerInfo, Vec<Entry>)> {
+fn scan_compressed(
+    blob: &Path,
+    cancel: &AtomicBool,
+) -> Result<(LayerInfo, Vec<Entry>, Vec<SeekPoint>)> {
     let mut entries = Vec::new();
-    let info = layer::scan(blob, |entry| {
+    let (info, seek) = layer::scan_seekable(blob, |entry| {
         if entries.len() % 1024 == 0 && cancel.load(AtomicOrdering::Relaxed) {
             return Err(Error::Interrupted);
         }
         entries.push(entry);
         Ok(())
     })?;
-    Ok((info, entries))
+    Ok((info, entries, seek))
 }
 
 /// Compares two paths in walk order: bytewise, with `/` before every other byte, so that a
@@ -882,7 +911,8 @@ impl<'a> Decoder<'a> {
     }
 }
 
-fn decode(bytes: &[u8], path: &Path) -> Result<(BlobStamp, LayerInfo, Vec<Entry>)> {
+#[allow(clippy::type_complexity)]
+fn decode(bytes: &[u8], path: &Path) -> Result<(BlobStamp, LayerInfo, Vec<Entry>, Vec<SeekPoint>)> {
     let bad = |offset: usize, what: &str| {
         Error::corrupt(path, offset as u64, format!("layer index file: {what}"))
     };
@@ -975,10 +1005,22 @@ fn decode(bytes: &[u8], path: &Path) -> Result<(BlobStamp, LayerInfo, Vec<Entry>
             offset,
         });
     }
-    if dec.pos != body.len() {
-        return Err(dec.fail("bytes after the last entry"));
+    let points = dec.uint()?;
+    // Each point takes at least 2 bytes.
+    if points > (body.len() / 2) as u64 {
+        return Err(dec.fail("the seek point count is larger than the file"));
     }
-    Ok((stamp, info, entries))
+    let mut seek = Vec::with_capacity(points as usize);
+    for _ in 0..points {
+        seek.push(SeekPoint {
+            stored: dec.uint()?,
+            stream: dec.uint()?,
+        });
+    }
+    if dec.pos != body.len() {
+        return Err(dec.fail("bytes after the seek points"));
+    }
+    Ok((stamp, info, entries, seek))
 }
 
 /// Layer blobs for tests, written with tar-rs from a list of specs.
@@ -1290,6 +1332,66 @@ mod tests {
         assert_eq!(a.whiteouts, b.whiteouts);
         assert_eq!(a.opaque, b.opaque);
         assert_eq!(a.order, b.order);
+        assert_eq!(a.seek, b.seek);
+    }
+
+    #[test]
+    fn reads_from_many_gzip_members_start_at_a_seek_point() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..12u32 << 20)
+            .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+            .collect();
+        let specs = vec![file("big", &big), file("small", b"after the big one")];
+        let tar = tar_bytes(&specs);
+        // One member per MiB of tar, as our writer does.
+        let mut gz = Vec::new();
+        for chunk in tar.chunks(1 << 20) {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(chunk).unwrap();
+            gz.extend_from_slice(&e.finish().unwrap());
+        }
+        let path = tmp.path().join("many.gz");
+        fs::write(&path, &gz).unwrap();
+
+        let index = LayerIndex::build(&path).unwrap();
+        assert!(index.seek.len() >= 2, "{:?}", index.seek);
+        let mut last = 0;
+        for p in &index.seek {
+            assert!(p.stream >= last + layer::SEEK_SPACING);
+            last = p.stream;
+            // A member starts there, and it decodes to the tar stream from `stream` on.
+            let at = p.stream as usize;
+            let mut d = flate2::read::GzDecoder::new(&gz[p.stored as usize..]);
+            let mut head = vec![0u8; 4096.min(tar.len() - at)];
+            d.read_exact(&mut head).unwrap();
+            assert_eq!(head, &tar[at..at + head.len()]);
+        }
+        assert_eq!(
+            data(&index, index.get(b"small").unwrap()),
+            b"after the big one"
+        );
+        assert_eq!(data(&index, index.get(b"big").unwrap()), big);
+
+        let cached = LayerIndex::index_path(&path, None);
+        index.save(&cached).unwrap();
+        let loaded = LayerIndex::load(&cached, &path).unwrap().unwrap();
+        same(&index, &loaded);
+        assert_eq!(
+            data(&loaded, loaded.get(b"small").unwrap()),
+            b"after the big one"
+        );
+
+        // One member (flate2's default), and zstd: no seek points, read from the start.
+        for (name, compression) in [("one.gz", Compression::Gzip), ("z.zst", Compression::Zstd)] {
+            let one = blob(tmp.path(), name, &specs, compression);
+            let index = LayerIndex::build(&one).unwrap();
+            assert!(index.seek.is_empty());
+            assert_eq!(
+                data(&index, index.get(b"small").unwrap()),
+                b"after the big one"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, Read};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use flate2::bufread::GzDecoder;
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
@@ -51,11 +52,29 @@ pub fn describe(path: &Path) -> Result<LayerInfo> {
 /// [`describe`], handing every entry to `each` as its header is read: one pass over the blob
 /// that both lists and hashes it (one decompression, where listing and hashing separately
 /// would take two). An error from `each` stops the scan and is returned.
-pub fn scan(path: &Path, mut each: impl FnMut(Entry) -> Result<()>) -> Result<LayerInfo> {
+pub fn scan(path: &Path, each: impl FnMut(Entry) -> Result<()>) -> Result<LayerInfo> {
+    scan_seekable(path, each).map(|(info, _)| info)
+}
+
+/// Where a gzip member starts: at byte `stored` of the blob, which is byte `stream` of the
+/// uncompressed tar stream. A reader can start decompressing there instead of at the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeekPoint {
+    pub stored: u64,
+    pub stream: u64,
+}
+
+/// [`scan`], also returning the gzip members a reader can start at, at least [`SEEK_SPACING`]
+/// stream bytes apart (empty for a plain or zstd blob, or a gzip blob of one member).
+pub fn scan_seekable(
+    path: &Path,
+    mut each: impl FnMut(Entry) -> Result<()>,
+) -> Result<(LayerInfo, Vec<SeekPoint>)> {
     let file = open(path)?;
     let mut stored =
         PageBufReader::with_capacity(BUFFER_SIZE, HashingReader::new(SourceFile(file)));
-    let (compression, stream) = decode(&mut stored, path)?;
+    let points = Arc::new(Mutex::new(Vec::new()));
+    let (compression, stream) = decode(&mut stored, path, Some(Arc::clone(&points)))?;
     // A plain tar is its own uncompressed stream: one hash serves as both digests.
     let digester = (compression != Compression::None).then(Digester::new);
     let mut tar = TarReader::new(
@@ -80,13 +99,16 @@ pub fn scan(path: &Path, mut each: impl FnMut(Entry) -> Result<()>) -> Result<La
         Some(d) => d.finish(),
         None => digest.clone(),
     };
-    Ok(LayerInfo {
+    // The decoder (holding the other handle) was dropped with the tar reader.
+    let points = std::mem::take(&mut *points.lock().expect("the decoder is gone"));
+    let info = LayerInfo {
         compression,
         digest,
         diff_id,
         size,
         uncompressed_size,
-    })
+    };
+    Ok((info, points))
 }
 
 /// [`describe`], then checks the digests the caller recorded for the blob: the stored bytes
@@ -148,7 +170,7 @@ impl EntryIter {
     pub fn open(path: &Path) -> Result<EntryIter> {
         let file = open(path)?;
         let stored = PageBufReader::with_capacity(BUFFER_SIZE, SourceFile(file));
-        let (compression, stream) = decode(stored, path)?;
+        let (compression, stream) = decode(stored, path, None)?;
         Ok(EntryIter {
             tar: TarReader::new(stream, path.to_path_buf()),
             compression,
@@ -185,6 +207,7 @@ fn open(path: &Path) -> Result<File> {
 fn decode<'a, R: BufRead + Send + 'a>(
     mut stored: R,
     path: &Path,
+    points: Option<SeekPoints>,
 ) -> Result<(Compression, Box<dyn Read + Send + 'a>)> {
     let magic = stored
         .fill_buf()
@@ -196,7 +219,7 @@ fn decode<'a, R: BufRead + Send + 'a>(
             codec: "tar",
         }),
         Compression::Gzip => Box::new(Classified {
-            inner: GzipMembers::new(stored),
+            inner: GzipMembers::new(stored, points),
             codec: "gzip",
         }),
         Compression::Zstd => {
@@ -287,8 +310,18 @@ fn could_start_with(head: &[u8], magic: &[u8]) -> bool {
 /// many). Bytes after a member that do not start another are an `InvalidData` error, not
 /// silently ignored; the stream reports its end only once the file is read to its end.
 struct GzipMembers<R: BufRead> {
-    state: GzipState<R>,
+    state: GzipState<Counted<R>>,
+    /// Stream bytes returned so far.
+    out: u64,
+    points: Option<SeekPoints>,
 }
+
+/// The seek points a scan collects (shared with the decoder, which is boxed away from it).
+type SeekPoints = Arc<Mutex<Vec<SeekPoint>>>;
+
+/// Seek points are kept at least this many stream bytes apart: at most this much is decoded
+/// and skipped to reach an entry, and a 1 GB layer keeps about 250 points.
+pub const SEEK_SPACING: u64 = 4 << 20;
 
 enum GzipState<R: BufRead> {
     Member(Box<GzDecoder<R>>),
@@ -298,9 +331,27 @@ enum GzipState<R: BufRead> {
 }
 
 impl<R: BufRead> GzipMembers<R> {
-    fn new(stored: R) -> Self {
+    fn new(stored: R, points: Option<SeekPoints>) -> Self {
         GzipMembers {
-            state: GzipState::Between(stored),
+            state: GzipState::Between(Counted {
+                inner: stored,
+                consumed: 0,
+            }),
+            out: 0,
+            points,
+        }
+    }
+
+    /// A member starts at byte `stored` of the blob: noted if it is far enough from the last.
+    fn member_starts(&self, stored: u64) {
+        let Some(points) = &self.points else { return };
+        let mut points = points.lock().expect("only this decoder writes the points");
+        let last = points.last().map_or(0, |p| p.stream);
+        if self.out >= last + SEEK_SPACING {
+            points.push(SeekPoint {
+                stored,
+                stream: self.out,
+            });
         }
     }
 }
@@ -315,6 +366,7 @@ impl<R: BufRead> Read for GzipMembers<R> {
                 GzipState::Member(member) => {
                     let n = member.read(buf)?;
                     if n > 0 {
+                        self.out += n as u64;
                         return Ok(n);
                     }
                     if let GzipState::Member(member) =
@@ -335,6 +387,8 @@ impl<R: BufRead> Read for GzipMembers<R> {
                              member)",
                         ));
                     }
+                    let at = stored.consumed;
+                    self.member_starts(at);
                     if let GzipState::Between(stored) =
                         std::mem::replace(&mut self.state, GzipState::Switching)
                     {
@@ -344,6 +398,31 @@ impl<R: BufRead> Read for GzipMembers<R> {
                 GzipState::Switching => unreachable!("state is restored before returning"),
             }
         }
+    }
+}
+
+/// A buffered reader that counts the bytes consumed from it.
+struct Counted<R> {
+    inner: R,
+    consumed: u64,
+}
+
+impl<R: BufRead> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.inner.consume(amount);
+        self.consumed += amount as u64;
     }
 }
 
