@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -298,12 +299,6 @@ def trees_section(res: Results) -> list[str]:
     ]
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def paired_ratio(res: Results, group: str) -> float | None:
     """The median over the pairs of a paired group of baseline time / layercore time."""
     b = res.subject(group)
@@ -311,7 +306,7 @@ def paired_ratio(res: Results, group: str) -> float | None:
         return None
     p = b.info["paired"]
     ratios = [t / s for s, t in zip(p["subject_times"], p["baseline_times"], strict=True) if s > 0]
-    return _median(ratios) if ratios else None
+    return statistics.median(ratios) if ratios else None
 
 
 def paired_section(res: Results, group: str, b: Bench) -> list[str]:
@@ -323,7 +318,7 @@ def paired_section(res: Results, group: str, b: Bench) -> list[str]:
         (f"**{esc(b.tool)}**", p["subject_times"]),
         (esc(p["baseline"]), p["baseline_times"]),
     ):
-        median = _median(times) if times else 0.0
+        median = statistics.median(times) if times else 0.0
         mbps = b.bytes_in / median / 1e6 if b.bytes_in and median > 0 else None
         speed = "subject" if times is p["subject_times"] else fmt_ratio(paired_ratio(res, group))
         rows.append(

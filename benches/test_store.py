@@ -463,7 +463,7 @@ def test_paired(benchmark: Any, prepared: Prepared, outdir: Path, op: str, fmt: 
         subject=True,
         bytes_in=size,
         bytes_out=None,
-        command=_cp_command(src, rounds_dir / "round-N" / "copy", fsync=True),
+        command=_cp_command(src, rounds_dir / "round-N" / state["dest"].name, fsync=True),
         paired={
             "baseline": baseline,
             "subject_times": times["layercore"],

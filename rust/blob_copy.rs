@@ -185,30 +185,51 @@ pub fn copy_blob(
     file.set_permissions(std::fs::Permissions::from_mode(0o644))
         .map_err(|e| Error::io(dest, "cannot chmod", e))?;
 
-    if options.verify && start % PAGE as u64 != 0 {
+    let digest = if options.verify && start % PAGE as u64 != 0 {
         // A tar member's body: read once, written and hashed from the same buffers.
         let digester = copy_read_once(&source, src, &file, dest, start, len, check)?;
         if options.sync {
             file.sync_all()
                 .map_err(|e| Error::io(dest, "cannot fsync", e))?;
         }
-        let digest = digester.finish();
-        if let Some(expected) = options.expected_digest {
-            if expected != digest {
-                return Err(mismatch(src, expected, digest));
-            }
+        Some(digester.finish())
+    } else {
+        copy_beside_hash(&source, src, &file, dest, start, len, options, check)?
+    };
+
+    if let (Some(expected), Some(actual)) = (options.expected_digest, &digest) {
+        if expected != actual {
+            return Err(Error::DigestMismatch {
+                path: src.to_path_buf(),
+                what: "digest",
+                expected: expected.to_owned(),
+                actual: actual.clone(),
+            });
         }
-        guard.disarm();
-        return Ok(Copied {
-            digest: Some(digest),
-            size: len,
-        });
     }
+    guard.disarm();
+    Ok(Copied { digest, size: len })
+}
+
+/// The kernel copy (pread/pwrite when the range starts inside a page or the kernel refuses)
+/// with, under `verify`, a hash thread reading the same range; returns the digest (with
+/// `verify`). `dest` is fsync'd with `options.sync` while the hash finishes.
+#[allow(clippy::too_many_arguments)]
+fn copy_beside_hash(
+    source: &File,
+    src: &Path,
+    file: &File,
+    dest: &Path,
+    start: u64,
+    len: u64,
+    options: &CopyOptions<'_>,
+    check: &(dyn Fn() -> Result<()> + Sync),
+) -> Result<Option<String>> {
     let stop = AtomicBool::new(false);
-    let digest = std::thread::scope(|s| -> Result<Option<String>> {
+    std::thread::scope(|s| -> Result<Option<String>> {
         let hasher = options.verify.then(|| {
             s.spawn(|| {
-                let r = hash_range(&source, src, start, len, &stop);
+                let r = hash_range(source, src, start, len, &stop);
                 if r.is_err() {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -219,7 +240,7 @@ pub fn copy_blob(
         // The kernel copy of a range that starts inside a page (a tar member's body) ran 30 %
         // slower than a user-space copy that reads whole pages (see the module notes).
         let kernel = start % PAGE as u64 == 0;
-        let copied = copy_range(&source, src, &file, dest, start, len, &stop, check, kernel)
+        let copied = copy_range(source, src, file, dest, start, len, &stop, check, kernel)
             .and_then(|()| {
                 if !options.sync || stop.load(Ordering::Relaxed) {
                     return Ok(());
@@ -240,15 +261,7 @@ pub fn copy_blob(
                     .finish(),
             )),
         }
-    })?;
-
-    if let (Some(expected), Some(actual)) = (options.expected_digest, &digest) {
-        if expected != actual {
-            return Err(mismatch(src, expected, actual.clone()));
-        }
-    }
-    guard.disarm();
-    Ok(Copied { digest, size: len })
+    })
 }
 
 fn truncated(src: &Path, available: u64, start: u64, end: u64) -> Error {
@@ -256,15 +269,6 @@ fn truncated(src: &Path, available: u64, start: u64, end: u64) -> Error {
         src,
         format!("the file ends at byte {available}, the copy of bytes {start}..{end} needs more"),
     )
-}
-
-fn mismatch(src: &Path, expected: &str, actual: String) -> Error {
-    Error::DigestMismatch {
-        path: src.to_path_buf(),
-        what: "digest",
-        expected: expected.to_owned(),
-        actual,
-    }
 }
 
 /// Buffers of [`FALLBACK_BUF`] bytes in flight in [`copy_read_once`].

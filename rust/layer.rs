@@ -53,7 +53,7 @@ pub fn describe(path: &Path) -> Result<LayerInfo> {
 /// that both lists and hashes it (one decompression, where listing and hashing separately
 /// would take two). An error from `each` stops the scan and is returned.
 pub fn scan(path: &Path, each: impl FnMut(Entry) -> Result<()>) -> Result<LayerInfo> {
-    scan_seekable(path, each).map(|(info, _)| info)
+    scan_with(path, each, None)
 }
 
 /// Where a gzip member starts: at byte `stored` of the blob, which is byte `stream` of the
@@ -68,13 +68,25 @@ pub struct SeekPoint {
 /// stream bytes apart (empty for a plain or zstd blob, or a gzip blob of one member).
 pub fn scan_seekable(
     path: &Path,
-    mut each: impl FnMut(Entry) -> Result<()>,
+    each: impl FnMut(Entry) -> Result<()>,
 ) -> Result<(LayerInfo, Vec<SeekPoint>)> {
+    let points = Arc::new(Mutex::new(Vec::new()));
+    let info = scan_with(path, each, Some(Arc::clone(&points)))?;
+    // The decoder (holding the other handle) is gone with the scan.
+    let points = std::mem::take(&mut *points.lock().expect("the decoder is gone"));
+    Ok((info, points))
+}
+
+/// [`scan`]; a gzip decoder records its seek points in `points` when given.
+fn scan_with(
+    path: &Path,
+    mut each: impl FnMut(Entry) -> Result<()>,
+    points: Option<SeekPoints>,
+) -> Result<LayerInfo> {
     let file = open(path)?;
     let mut stored =
         PageBufReader::with_capacity(BUFFER_SIZE, HashingReader::new(SourceFile(file)));
-    let points = Arc::new(Mutex::new(Vec::new()));
-    let (compression, stream) = decode(&mut stored, path, Some(Arc::clone(&points)))?;
+    let (compression, stream) = decode(&mut stored, path, points)?;
     // A plain tar is its own uncompressed stream: one hash serves as both digests.
     let digester = (compression != Compression::None).then(Digester::new);
     let mut tar = TarReader::new(
@@ -99,16 +111,13 @@ pub fn scan_seekable(
         Some(d) => d.finish(),
         None => digest.clone(),
     };
-    // The decoder (holding the other handle) was dropped with the tar reader.
-    let points = std::mem::take(&mut *points.lock().expect("the decoder is gone"));
-    let info = LayerInfo {
+    Ok(LayerInfo {
         compression,
         digest,
         diff_id,
         size,
         uncompressed_size,
-    };
-    Ok((info, points))
+    })
 }
 
 /// [`describe`], then checks the digests the caller recorded for the blob: the stored bytes
