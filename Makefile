@@ -1,32 +1,43 @@
 # The two commands the README opens with: `make demo` and `make test`. Each creates what it
-# needs: the venv, the release build of the extension, the Debian packages the tests use.
+# needs: the venvs, the wheels, the Debian packages the tests use.
+#
+# What users install is what runs: `make wheel` builds the manylinux2014 wheels (x86_64 and,
+# cross-built, aarch64) and the sdist into dist/; `.venv` is made anew from the x86_64 wheel
+# (no editable install, no python/ on sys.path) and the tests, the demo and the benchmarks run
+# there. `.venv-build` holds the tools that build and lint.
 
 PYTHON ?= python3
+BUILD_VENV := .venv-build
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := tar pigz zstd openssl libarchive-tools busybox-static attr umoci libcap2-bin util-linux \
 	skopeo oci-image-tool buildah
-SRC_RS := $(shell find rust -name '*.rs') Cargo.toml Cargo.lock
+SRC_RS := build.rs Cargo.toml Cargo.lock $(shell find rust -name '*.rs')
+SRC_PY := $(shell find python -name '*.py' -o -name '*.pyi' -o -name py.typed)
 
-.PHONY: demo test bench build venv debs lint rust-test py-test bench-smoke clean
+# One version, in Cargo.toml; the artifacts' names follow it.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+wheel_name = dist/layercore-$(VERSION)-cp311-abi3-manylinux2014_$(1).manylinux_2_17_$(1).whl
+WHEEL_X86_64 := $(call wheel_name,x86_64)
+WHEEL_AARCH64 := $(call wheel_name,aarch64)
+SDIST := dist/layercore-$(VERSION).tar.gz
+# maturin finds zig (the ziglang wheel) and auditwheel through PATH.
+BUILD_PATH := $(abspath $(BUILD_VENV))/bin:$(PATH)
 
-demo: debs build
+.PHONY: demo test bench wheel debs lint rust-test py-test bench-smoke dist-check clean
+
+demo: debs $(VENV)/.stamp
 	$(PY) -m layercore._demo
 
-test: debs build lint rust-test py-test bench-smoke
+test: debs wheel lint rust-test py-test bench-smoke
 
-venv: $(VENV)/.stamp
-$(VENV)/.stamp: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.7,<2" "pytest>=8" "pytest-benchmark>=4" \
-		"hypothesis>=6" "ruff>=0.6" "mypy>=1.10" "zstandard>=0.22" "rich>=13"
-	touch $@
+# --- tools ------------------------------------------------------------------------------------
 
-# The release build of the extension, installed into the venv (editable Python sources).
-build: $(VENV)/.built
-$(VENV)/.built: $(VENV)/.stamp $(SRC_RS) pyproject.toml
-	$(VENV)/bin/maturin develop --release --quiet
+$(BUILD_VENV)/.stamp: pyproject.toml
+	rm -rf $(BUILD_VENV)
+	$(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BUILD_VENV)/bin/python -m pip install --quiet --group build
 	touch $@
 
 # The Debian packages the tests shell out to; installed only when one is missing.
@@ -37,28 +48,68 @@ debs:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-lint: venv
+# --- what we ship ------------------------------------------------------------------------------
+
+wheel: $(WHEEL_X86_64) $(WHEEL_AARCH64) $(SDIST)
+
+# abi3 wheels linked by zig against glibc 2.17, C libraries (libdeflate, zstd) built in; maturin
+# refuses to tag a wheel that needs a newer glibc or an outside library. The aarch64 standard
+# library comes through rustup the first time.
+$(WHEEL_X86_64) $(WHEEL_AARCH64) &: $(BUILD_VENV)/.stamp $(SRC_RS) $(SRC_PY) pyproject.toml README.md
+	rm -f dist/layercore-*.whl
+	rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \
+		|| rustup target add aarch64-unknown-linux-gnu
+	for target in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu; do \
+		PATH="$(BUILD_PATH)" maturin build --release --zig --compatibility manylinux2014 \
+			--target $$target --out dist --quiet || exit 1; \
+	done
+	@for w in $(WHEEL_X86_64) $(WHEEL_AARCH64); do \
+		PATH="$(BUILD_PATH)" auditwheel show $$w || exit 1; \
+	done
+
+$(SDIST): $(BUILD_VENV)/.stamp $(SRC_RS) $(SRC_PY) pyproject.toml README.md
+	rm -f dist/layercore-*.tar.gz
+	PATH="$(BUILD_PATH)" maturin sdist --out dist
+
+# The venv users would have: the x86_64 wheel (with its zstd extra) and, beside it, only the
+# test tools. Made anew for every wheel, so nothing of an earlier install lingers.
+$(VENV)/.stamp: $(WHEEL_X86_64)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
+	$(PY) -m pip install --quiet --only-binary=:all: "$(WHEEL_X86_64)[zstd]"
+	$(PY) -m pip install --quiet --group test
+	touch $@
+
+# What CI adds to `make test`: the wheel installed where no Rust toolchain can be found, and the
+# sdist built from source where one can; each then runs the smoke script.
+dist-check: wheel
+	.ci/dist-check "$(PYTHON)" "$(WHEEL_X86_64)" cp311-abi3-manylinux_2_17_x86_64 "$(SDIST)"
+
+# --- checks ------------------------------------------------------------------------------------
+
+lint: $(BUILD_VENV)/.stamp
 	cargo fmt --check
 	cargo clippy --all-targets --features python -- -D warnings
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
-	$(VENV)/bin/mypy --strict python/layercore benches/*.py
+	$(BUILD_VENV)/bin/ruff check python tests benches .ci
+	$(BUILD_VENV)/bin/ruff format --check python tests benches .ci
+	$(BUILD_VENV)/bin/mypy --strict python/layercore benches/*.py .ci/smoke.py
 
 rust-test:
 	cargo test
 
-py-test: build
-	$(VENV)/bin/python -m mypy.stubtest layercore._core
+py-test: $(VENV)/.stamp
+	$(PY) -m mypy.stubtest layercore._core
 	$(VENV)/bin/pytest tests -q
 
 # The benchmarks on tiny trees with timing off: keeps them working without the full run.
-bench-smoke: build
+bench-smoke: $(VENV)/.stamp
 	LAYERCORE_BENCH_SMOKE=1 $(VENV)/bin/pytest benches -q --benchmark-disable
 
-bench: debs build
+bench: debs $(VENV)/.stamp
 	mkdir -p .benchmarks
 	$(VENV)/bin/pytest benches -q --benchmark-json=.benchmarks/latest.json
 	$(PY) benches/report.py .benchmarks/latest.json BENCHMARKS.md
 
 clean:
-	rm -rf target $(VENV) .bench-data .benchmarks
+	rm -rf target dist $(VENV) $(BUILD_VENV) .bench-data .benchmarks

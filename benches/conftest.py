@@ -2,48 +2,71 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import trees
 
+if TYPE_CHECKING:
+    from layercore import BuildInfo
+
 # Only the benchmark modules are test files; the helpers are imported by them.
 collect_ignore = ["trees.py", "rss.py", "report.py"]
 
 
-def _build_profile() -> str:
-    from layercore import _core
+def _build_info() -> BuildInfo | None:
+    """``layercore.build_info()``, or None when the package cannot be imported."""
+    try:
+        import layercore
+    except ImportError:
+        return None
+    return layercore.build_info()
 
-    return str(_core.build_profile)
+
+def release_build_problem(info: BuildInfo | None) -> str | None:
+    """Why a full run must not time this build (None when it may): timings of a debug core, or
+    of none at all, are meaningless. Smoke runs only exercise the code and take any build."""
+    if info is None:
+        return (
+            "layercore benchmarks: cannot import layercore. Install the wheel first: "
+            "`make bench` runs them in .venv, where `make` installs it."
+        )
+    if not info.release:
+        return (
+            f"layercore benchmarks: the core at {info.location} is a {info.profile!r} build; "
+            "timings of a debug build are meaningless. `make bench` builds and installs the "
+            "release wheel; LAYERCORE_BENCH_SMOKE=1 only exercises the benchmark code."
+        )
+    return None
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _require_release_build() -> None:
-    """Refuse to time a debug build (its figures would be meaningless); smoke runs may."""
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a full run on anything but a release build, before a tree is generated."""
     if trees.smoke_mode():
         return
-    try:
-        profile = _build_profile()
-    except ImportError as exc:
-        pytest.exit(
-            f"layercore benchmarks: cannot import the extension layercore._core ({exc}). "
-            "Build it first: `.venv/bin/maturin develop --release`.",
-            returncode=4,
-        )
-    if profile != "release":
-        pytest.exit(
-            f"layercore benchmarks: layercore._core is a {profile!r} build; timings of a debug "
-            "build are meaningless. Rebuild with `.venv/bin/maturin develop --release`, or set "
-            "LAYERCORE_BENCH_SMOKE=1 to only exercise the benchmark code.",
-            returncode=4,
-        )
+    problem = release_build_problem(_build_info())
+    if problem is not None:
+        pytest.exit(problem, returncode=4)
+
+
+def _wheel_sizes() -> dict[str, int]:
+    """The sizes of the wheels and the sdist in dist/ (what `make wheel` built for this run)."""
+    dist = trees.REPO_ROOT / "dist"
+    if not dist.is_dir():
+        return {}
+    return {
+        p.name: p.stat().st_size
+        for p in sorted(dist.iterdir())
+        if p.name.startswith("layercore-") and p.name.endswith((".whl", ".tar.gz"))
+    }
 
 
 @pytest.fixture(scope="session")
@@ -125,12 +148,11 @@ def pytest_benchmark_update_machine_info(
     config: pytest.Config, machine_info: dict[str, Any]
 ) -> None:
     """Record what report.py needs about this run in the JSON's machine_info."""
-    try:
-        profile = _build_profile()
-    except ImportError:
-        profile = "not built"
+    info = _build_info()
     machine_info["layercore"] = {
-        "build_profile": profile,
+        "build_profile": info.profile if info is not None else "not installed",
+        "build": None if info is None else dataclasses.asdict(info),
+        "dist": _wheel_sizes(),
         "smoke": trees.smoke_mode(),
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),

@@ -47,6 +47,12 @@ CP_R_SYNC = "cp -r + sync"
 SAVE_LARGE = "save, large layer present"
 SAVE_SMALL = "save, small layer present"
 TRANSPORT_FORMATS = ("oci", "oci-archive", "docker-archive")
+# contenders of the package group (benches/test_package.py)
+LC_IMPORT_PACKAGE = "python -c 'import layercore'"
+PYTHON_PASS = "python -c pass"
+IMPORT_GROUP = "paired-import/package"
+WHEEL_LIMIT = 10_000_000
+IMPORT_LIMIT = 0.050
 
 # groups in reading order; anything else follows, sorted
 GROUP_ORDER = [
@@ -74,6 +80,7 @@ GROUP_ORDER = [
         for fmt in TRANSPORT_FORMATS
         for kind in ("", "paired-")
     ),
+    IMPORT_GROUP,
 ]
 RSS_GROUP = "rss"
 # groups whose single entry carries RSS probes (extra_info["rss"]) instead of a timing
@@ -262,12 +269,67 @@ def machine_section(res: Results) -> list[str]:
         ["Date", when],
         ["Commit", esc(str(commit))],
         ["Python", py or "unknown"],
-        ["layercore build", str(lc.get("build_profile", "unknown"))],
+        ["layercore build", esc(_build_line(lc))],
         ["Load average at the end (1/5/15 min)", esc(str(lc.get("loadavg", "unknown")))],
         ["Kernel", f"{mi.get('system', '')} {mi.get('release', '')}".strip() or "unknown"],
         ["Tools", esc(" · ".join(str(v) for v in tools.values())) or "unknown"],
     ]
     return ["## Machine", "", *table(["", ""], rows)]
+
+
+def _build_line(lc: dict[str, Any]) -> str:
+    """The profile, target and wheel tag of the installed package that was timed."""
+    build = lc.get("build") or {}
+    if not build:
+        return str(lc.get("build_profile", "unknown"))
+    wheel = build.get("wheel_tag") or "not installed from a wheel"
+    return f"{build['profile']}, {build['target']}, {build['rustc']}; wheel {wheel}"
+
+
+def import_cost(res: Results) -> float | None:
+    """Median ``import layercore`` time minus median ``python -c pass`` time, in seconds."""
+    b = res.subject(IMPORT_GROUP)
+    if b is None or "paired" not in b.info:
+        return None
+    p = b.info["paired"]
+    if not p["subject_times"] or not p["baseline_times"]:
+        return None
+    return float(statistics.median(p["subject_times"]) - statistics.median(p["baseline_times"]))
+
+
+def wheel_sizes(res: Results) -> dict[str, int]:
+    """The wheels in dist/ when the run started, by file name."""
+    lc = (res.data.get("machine_info") or {}).get("layercore") or {}
+    return {k: v for k, v in (lc.get("dist") or {}).items() if k.endswith(".whl")}
+
+
+def package_targets(res: Results, add: Any) -> None:
+    """The package's targets: the import's cost over a bare interpreter, and each wheel's size."""
+    cost = import_cost(res)
+    add(
+        "`import layercore` over `python -c pass` (alternating, difference of medians)",
+        "—",
+        "< 50 ms",
+        cost,
+        cost is not None and cost < IMPORT_LIMIT,
+        f"{cost * 1000:.1f} ms" if cost is not None else "",
+    )
+    sizes = wheel_sizes(res)
+    if not sizes:
+        add("wheel size", "—", "< 10 MB", None, False, "")
+    for name, size in sizes.items():
+        arch = "aarch64" if "aarch64" in name else "x86_64" if "x86_64" in name else name
+        add(f"{arch} wheel size", "—", "< 10 MB", size, size < WHEEL_LIMIT, fmt_bytes(size))
+
+
+def package_section(res: Results) -> list[str]:
+    """What `make wheel` had built when the run started: each artifact in dist/ and its size."""
+    lc = (res.data.get("machine_info") or {}).get("layercore") or {}
+    dist = lc.get("dist") or {}
+    if not dist:
+        return []
+    rows = [[f"`{esc(name)}`", fmt_bytes(size)] for name, size in dist.items()]
+    return ["## Package", "", *table(["Artifact (dist/)", "Size"], rows)]
 
 
 def trees_section(res: Results) -> list[str]:
@@ -487,6 +549,7 @@ def targets(res: Results) -> list[Target]:
         )
     changeset_targets(res, add)
     store_targets(res, add)
+    package_targets(res, add)
     lc_probes = [p for p in res.rss() if p.get("tool") == LC and p.get("tree")]
     if lc_probes:
         for p in lc_probes:
@@ -654,6 +717,9 @@ def render(res: Results) -> str:
         ]
     lines += [*machine_section(res), ""]
     lines += [*targets_section(res), ""]
+    package_lines = package_section(res)
+    if package_lines:
+        lines += [*package_lines, ""]
     tree_lines = trees_section(res)
     if tree_lines:
         lines += [*tree_lines, ""]

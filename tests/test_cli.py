@@ -146,7 +146,7 @@ def test_help_in_process(command: tuple[str, ...], capsys: pytest.CaptureFixture
 
 def test_console_script_help_on_every_command(tmp_path: Path) -> None:
     script = VENV_BIN / "layercore"
-    assert script.exists(), "the console script is not installed (maturin develop)"
+    assert script.exists(), "no console script: `make` installs the wheel into .venv"
     env = dict(os.environ, LAYERCORE_HOME=str(tmp_path / "home"))
     top = subprocess.run([script, "--help"], capture_output=True, text=True, env=env, check=True)
     for command in ("layer", "image", "images", "which", "diff", "export", "du"):

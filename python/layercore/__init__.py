@@ -1,7 +1,11 @@
-"""layercore: build, stack, merge and inspect OCI / Docker image layers, fast and to the spec."""
+"""layercore: build, stack, merge and inspect OCI / Docker image layers, fast and to the spec.
+
+Importing the package stays cheap: it loads the engine and the image model, never the
+command line (argparse, rich), which ``layercore.cli`` imports when it runs.
+"""
 
 from layercore import errors
-from layercore._core import Digester, Entry, __version__, build_profile, chain_id, sha256_file
+from layercore._core import Digester, Entry, build_profile, chain_id, sha256_file
 from layercore.container import Container, ContainerEntry
 from layercore.diff import from_diff, from_overlay_upper
 from layercore.errors import (
@@ -21,8 +25,10 @@ from layercore.image import Descriptor, HistoryEntry, Image, RuntimeConfig
 from layercore.layer import Layer
 from layercore.stack import Change, Stack
 from layercore.store import DiskUsage, GcReport, ImageUsage, Store
+from layercore.version import BuildInfo, __version__, build_info
 
 __all__ = [
+    "BuildInfo",
     "Change",
     "Container",
     "ContainerEntry",
@@ -50,6 +56,7 @@ __all__ = [
     "TruncatedLayerError",
     "UnsupportedEntryError",
     "__version__",
+    "build_info",
     "build_profile",
     "chain_id",
     "errors",

@@ -24,12 +24,16 @@ __all__ = [
     "flatten_layers",
     "open_entries",
     "overlay_upper_to_layer",
+    "rustc_version",
     "sha256_file",
     "squash_layers",
+    "target",
     "verify_layer",
 ]
 __version__: str
 build_profile: str
+rustc_version: str
+target: str
 CHUNK_SIZE: int
 
 def build_layer_from_dir(

@@ -41,11 +41,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from layercore._core import Entry, __version__, chain_id, sha256_file
+from layercore._core import Entry, chain_id, sha256_file
 from layercore.errors import ImageNotFoundError, LayerError, SourceNotFoundError
 from layercore.image import HistoryEntry, Image
 from layercore.layer import Compression, Layer
 from layercore.store import Store
+from layercore.version import build_info
 
 __all__ = ["build_parser", "diff_images", "main"]
 
@@ -974,6 +975,26 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the descriptions' and epilogs' line breaks (the examples)."""
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version, then the build (core, compiler, wheel tag), and exit 0.
+
+    argparse's own ``version`` action takes its text when the parser is built; this one reads
+    the build only when asked, so other commands never pay for the metadata look-up."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(build_info().describe())
+        parser.exit()
+
+
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
@@ -1030,7 +1051,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the image store (default: $LAYERCORE_HOME, else ~/.local/share/layercore)",
     )
-    parser.add_argument("--version", action="version", version=f"layercore {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="show the version and the build of the core (compiler, target, wheel tag), and exit",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(

@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+from layercore import _core
 from layercore.errors import CorruptImageError
 from layercore.flatten import flatten as _flatten
 from layercore.flatten import squash as _squash
 from layercore.layer import Compression, Layer, StrPath
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from layercore.stack import Stack
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "canonical_json",
     "host_architecture",
     "layer_compression",
+    "sha256_digest",
 ]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -79,7 +80,8 @@ _DOCKER_TO_OCI = {
 _MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 _CONFIG_TYPES = (OCI_CONFIG, DOCKER_CONFIG)
 
-#: Python's ``platform.machine()`` spellings and the GOARCH names images use.
+#: The kernel's machine names (``os.uname().machine``, which ``platform.machine()`` returns)
+#: and the GOARCH names images use.
 _GOARCH = {
     "x86_64": "amd64",
     "amd64": "amd64",
@@ -96,7 +98,9 @@ _GOARCH = {
     "loongarch64": "loong64",
 }
 
-Created = str | int | datetime | None
+#: When an image or a history entry was made. ``datetime`` is imported only where one is
+#: formatted, to keep ``import layercore`` cheap.
+Created: TypeAlias = "str | int | datetime | None"
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -111,7 +115,7 @@ def canonical_json(obj: Any) -> bytes:
 def host_architecture() -> tuple[str, str | None]:
     """The host's ``(architecture, variant)`` as image platforms spell them (GOARCH names:
     ``amd64``, ``arm64``, ...; the variant is only known for 32-bit ARM)."""
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     arch = _GOARCH.get(machine, machine)
     variant = {"armv7l": "v7", "armv6l": "v6"}.get(machine)
     return arch, variant
@@ -126,12 +130,17 @@ def layer_compression(media_type: str) -> Compression:
     return None
 
 
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+def sha256_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of a document in memory (a config, a manifest), by the Rust core."""
+    digester = _core.Digester()
+    digester.update(data)
+    return digester.digest()
 
 
 def _timestamp(created: Created) -> str:
     """RFC 3339 in UTC, whole seconds: None means ``$SOURCE_DATE_EPOCH`` if set, else now."""
+    from datetime import UTC, datetime
+
     if isinstance(created, str):
         return created
     if isinstance(created, datetime):
@@ -413,7 +422,7 @@ class Image:
             raise CorruptImageError(
                 f"manifest config media type {config_desc.media_type!r} is not an image config"
             )
-        config_digest = _sha256(config_bytes)
+        config_digest = sha256_digest(config_bytes)
         if config_desc.digest != config_digest or config_desc.size != len(config_bytes):
             raise CorruptImageError(
                 f"manifest names config {config_desc.digest} ({config_desc.size} bytes), but the "
@@ -480,7 +489,7 @@ class Image:
         init("config_bytes", bytes(config_bytes))
         init("manifest_bytes", bytes(manifest_bytes))
         init("config_digest", config_digest)
-        init("digest", _sha256(manifest_bytes))
+        init("digest", sha256_digest(manifest_bytes))
         init("manifest_descriptor", Descriptor(media_type, self.digest, len(manifest_bytes)))
         init("media_type", media_type)
         init("history", history)
@@ -824,7 +833,9 @@ class Image:
         manifest: dict[str, Any] = {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": Descriptor(OCI_CONFIG, _sha256(config_bytes), len(config_bytes)).to_json(),
+            "config": Descriptor(
+                OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes)
+            ).to_json(),
             "layers": layer_descriptors,
         }
         if "annotations" in old_manifest:

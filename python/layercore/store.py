@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
-import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -52,6 +50,7 @@ from layercore.image import (
     canonical_json,
     host_architecture,
     layer_compression,
+    sha256_digest,
 )
 from layercore.layer import Compression, Layer, Owner, StrPath
 
@@ -503,7 +502,7 @@ class Store:
     # -- blob internals ------------------------------------------------------------------------
 
     def _put_bytes(self, data: bytes, digest: str | None) -> tuple[str, int]:
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        actual = sha256_digest(data)
         if digest is not None and actual != digest:
             raise DigestMismatchError(
                 f"the bytes given for blob {digest} hash to {actual}",
@@ -617,7 +616,7 @@ class Store:
             raise SourceNotFoundError(f"{what} blob {digest} is not in the store", path) from None
         except OSError as e:
             raise LayerIOError(f"cannot read {what} blob: {e.strerror}", path) from None
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        actual = sha256_digest(data)
         if actual != digest:
             raise DigestMismatchError(
                 f"{what} blob is damaged: its bytes hash to {actual}, not to its name {digest}",
@@ -639,7 +638,7 @@ class Store:
         """Records a verified blob's stat. A stamp only spares a re-hash, so failing to write
         one is not an error; its temp file lives beside it, out of gc's way."""
         stamp = self._stamps / hex_digest
-        tmp = stamp.with_name(f"{hex_digest}.{secrets.token_hex(6)}.tmp")
+        tmp = stamp.with_name(f"{hex_digest}.{os.urandom(6).hex()}.tmp")
         try:
             tmp.write_text(_stamp_text(st))
             os.replace(tmp, stamp)
@@ -653,7 +652,7 @@ class Store:
             cache.unlink(missing_ok=True)
 
     def _tmp_path(self, suffix: str) -> Path:
-        return self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}{suffix}"
+        return self._tmp / f"{os.getpid()}-{os.urandom(8).hex()}{suffix}"
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         tmp = self._tmp_path(".json")

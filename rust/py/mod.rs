@@ -365,7 +365,9 @@ impl PyDigester {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    // Benchmarks refuse debug builds by checking this.
+    // `layercore.build_info()` reports these; benchmarks refuse debug builds by checking the profile.
+    m.add("rustc_version", env!("LAYERCORE_RUSTC_VERSION"))?;
+    m.add("target", env!("LAYERCORE_TARGET"))?;
     m.add(
         "build_profile",
         if cfg!(debug_assertions) {
