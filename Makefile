@@ -53,19 +53,23 @@ debs:
 wheel: $(WHEEL_X86_64) $(WHEEL_AARCH64) $(SDIST)
 
 # abi3 wheels linked by zig against glibc 2.17, C libraries (libdeflate, zstd) built in; maturin
-# refuses to tag a wheel that needs a newer glibc or an outside library. The aarch64 standard
-# library comes through rustup the first time.
-$(WHEEL_X86_64) $(WHEEL_AARCH64) &: $(BUILD_VENV)/.stamp $(SRC_RS) $(SRC_PY) pyproject.toml README.md
-	rm -f dist/layercore-*.whl
-	rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \
-		|| rustup target add aarch64-unknown-linux-gnu
-	for target in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu; do \
-		PATH="$(BUILD_PATH)" maturin build --release --zig --compatibility manylinux2014 \
-			--target $$target --out dist --quiet || exit 1; \
-	done
-	@for w in $(WHEEL_X86_64) $(WHEEL_AARCH64); do \
-		PATH="$(BUILD_PATH)" auditwheel show $$w || exit 1; \
-	done
+# refuses to tag a wheel that needs a newer glibc or an outside library, and auditwheel checks
+# it again. The aarch64 standard library comes through rustup the first time.
+WHEEL_DEPS := $(BUILD_VENV)/.stamp $(SRC_RS) $(SRC_PY) pyproject.toml README.md
+define build_wheel
+	rm -f dist/layercore-*_$(1).whl
+	rustup target list --installed | grep -qx $(1)-unknown-linux-gnu \
+		|| rustup target add $(1)-unknown-linux-gnu
+	PATH="$(BUILD_PATH)" maturin build --release --zig --compatibility manylinux2014 \
+		--target $(1)-unknown-linux-gnu --out dist --quiet
+	PATH="$(BUILD_PATH)" auditwheel show $@
+endef
+
+$(WHEEL_X86_64): $(WHEEL_DEPS)
+	$(call build_wheel,x86_64)
+
+$(WHEEL_AARCH64): $(WHEEL_DEPS)
+	$(call build_wheel,aarch64)
 
 $(SDIST): $(BUILD_VENV)/.stamp $(SRC_RS) $(SRC_PY) pyproject.toml README.md
 	rm -f dist/layercore-*.tar.gz

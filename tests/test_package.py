@@ -88,6 +88,10 @@ def test_version_option_prints_the_build(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout == layercore.build_info().describe() + "\n"
     assert not (tmp_path / "home").exists(), "--version needs no store"
+    as_module = subprocess.run(
+        [sys.executable, "-m", "layercore", "--version"], capture_output=True, text=True, env=env
+    )
+    assert as_module.returncode == 0 and as_module.stdout == done.stdout
 
 
 def test_a_copy_outside_any_install_reports_no_wheel(tmp_path: Path) -> None:
