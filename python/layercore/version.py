@@ -91,11 +91,9 @@ def _wheel_tag(package: Path) -> str | None:
 
     init = package / "__init__.py"
     for dist in metadata.distributions(name="layercore"):
-        try:
-            owns_init = Path(str(dist.locate_file("layercore/__init__.py"))).resolve() == init
-        except OSError:
+        if Path(str(dist.locate_file("layercore/__init__.py"))).resolve() != init:
             continue
-        text = dist.read_text("WHEEL") if owns_init else None
+        text = dist.read_text("WHEEL")
         if text is None:
             continue
         tags = [
