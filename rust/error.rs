@@ -58,6 +58,17 @@ pub enum Error {
     /// The caller asked to stop (Ctrl-C in Python).
     #[error("interrupted")]
     Interrupted,
+
+    /// A request could not be made or its reply not received (refused, reset, timed out, TLS).
+    /// `transferred` counts the body bytes this attempt moved before it failed; `retriable`
+    /// is false where another try cannot help (a TLS or URL error).
+    #[error("{url}: {detail}")]
+    Network {
+        url: String,
+        detail: String,
+        transferred: u64,
+        retriable: bool,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -98,7 +109,7 @@ impl Error {
             | Error::Truncated { path, .. }
             | Error::DigestMismatch { path, .. }
             | Error::Unsupported { path, .. } => Some(path),
-            Error::InvalidArgument(_) | Error::Interrupted => None,
+            Error::InvalidArgument(_) | Error::Interrupted | Error::Network { .. } => None,
         }
     }
 }

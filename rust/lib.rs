@@ -12,6 +12,7 @@ pub mod digest;
 pub mod entry;
 pub mod error;
 pub mod flatten;
+pub mod http;
 pub mod index;
 pub mod layer;
 pub mod overlay;

@@ -9,8 +9,11 @@ __all__ = [
     "Digester",
     "Entry",
     "EntryIterator",
+    "HttpClient",
+    "HttpReply",
     "StackView",
     "StackWalk",
+    "TransferCounter",
     "__version__",
     "apply_layer",
     "build_layer_from_dir",
@@ -209,3 +212,70 @@ def copy_blob(
     verify: bool = True,
     sync: bool = True,
 ) -> tuple[str | None, int]: ...
+
+# --- registry HTTP (rust/py/http.rs) ---
+
+@final
+class TransferCounter:
+    def __new__(cls) -> TransferCounter: ...
+    @property
+    def value(self) -> int: ...
+
+@final
+class HttpReply:
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[str, str]]: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def digest(self) -> str | None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def resumed_from(self) -> int: ...
+    def header(self, name: str) -> str | None: ...
+
+@final
+class HttpClient:
+    def __new__(
+        cls,
+        *,
+        insecure: bool = False,
+        ca_pem: list[bytes] = ...,
+        user_agent: str | None = None,
+        connect_timeout: float = 30.0,
+        io_timeout: float = 60.0,
+    ) -> HttpClient: ...
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]] = ...,
+        body: bytes | None = None,
+        *,
+        max_body: int = ...,
+    ) -> HttpReply: ...
+    def download(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        dest: str | PathLike[str],
+        *,
+        expected_digest: str | None = None,
+        counter: TransferCounter | None = None,
+    ) -> HttpReply: ...
+    def upload(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        src: str | PathLike[str],
+        offset: int,
+        length: int,
+        *,
+        counter: TransferCounter | None = None,
+    ) -> HttpReply: ...

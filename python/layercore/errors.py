@@ -12,13 +12,18 @@ import errno as _errno
 import os
 
 __all__ = [
+    "AuthenticationError",
     "CorruptImageError",
     "CorruptLayerError",
     "DigestMismatchError",
     "ImageNotFoundError",
+    "InvalidReferenceError",
     "LayerError",
     "LayerIOError",
     "LayerWarning",
+    "NetworkError",
+    "ReferenceNotFoundError",
+    "RegistryError",
     "SourceChangedError",
     "SourceNotFoundError",
     "TruncatedLayerError",
@@ -110,3 +115,52 @@ class CorruptImageError(LayerError, ValueError):
 
 class LayerWarning(UserWarning):
     """Something was left out of a layer (a socket, say) without failing the build."""
+
+
+class InvalidReferenceError(LayerError, ValueError):
+    """An image reference that is not ``[host[:port]/]repo[:tag][@digest]``; ``path`` is the
+    reference as written, and the message says which part is wrong."""
+
+
+class RegistryError(LayerError):
+    """A registry refused or failed a request. ``path`` is the reference or URL at fault;
+    ``status`` the HTTP status and ``code`` the registry's first error code (``BLOB_UNKNOWN``,
+    ``DENIED``, ...) when it answered; the message says what was being done."""
+
+    def __init__(
+        self,
+        message: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, path)
+        self.status = status
+        self.code = code
+
+
+class NetworkError(RegistryError, ConnectionError):
+    """No answer: the connection was refused, reset, timed out or failed TLS. ``transferred``
+    counts the body bytes the failed attempt had moved; ``retriable`` is False where another
+    attempt cannot help (a TLS failure, a malformed URL)."""
+
+    def __init__(
+        self,
+        message: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        transferred: int = 0,
+        retriable: bool = True,
+    ) -> None:
+        super().__init__(message, path)
+        self.transferred = transferred
+        self.retriable = retriable
+
+
+class AuthenticationError(RegistryError, PermissionError):
+    """The registry refused the credentials, or denied the access asked for."""
+
+
+class ReferenceNotFoundError(RegistryError, LookupError):
+    """The registry has no such repository, tag, manifest or blob."""

@@ -6,6 +6,7 @@
 <root>/blobs/sha256/<hex>        manifests, configs and layers, each stored once
 <root>/.layercore/tmp/           blobs being written (same file system, renamed into blobs/)
 <root>/.layercore/stamps/<hex>   the stat of a blob when it was last known good
+<root>/.layercore/seen/<hex>     the registry repositories the blob was pulled from or pushed to
 <root>/.layercore/index/         merged-view index caches of layer blobs
 <root>/.layercore/gc.lock        shared while blobs are added and referenced, exclusive for gc
 <root>/.layercore/index.lock     exclusive while index.json is rewritten
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from layercore import _core
+from layercore.durable import fsync_dir, fsync_path
 from layercore.errors import (
     CorruptImageError,
     DigestMismatchError,
@@ -60,6 +62,7 @@ __all__ = [
     "ExportFormat",
     "GcReport",
     "ImageUsage",
+    "Ingest",
     "Store",
     "check_tag",
     "default_root",
@@ -118,6 +121,87 @@ class DiskUsage:
     unreferenced_bytes: int
 
 
+class Ingest:
+    """One batch of blobs entering the store (see :meth:`Store.ingest`).
+
+    Each blob is written to a path from :meth:`new_path` by whatever fetches it (a copy out of
+    an archive, a registry download), hashed as it is written and checked against the digest
+    it was asked for; :meth:`add` then records the file as that blob. Until :meth:`commit`
+    nothing is visible in ``blobs/``; :meth:`find` serves staged blobs and stored ones alike,
+    so a batch can read what it has fetched so far."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._prefix = f"{os.getpid()}-{os.urandom(8).hex()}-"
+        self._paths: list[Path] = []
+        self._staged: dict[str, Path] = {}
+        self._lock = threading.Lock()
+
+    def new_path(self, name: str) -> Path:
+        """A fresh path (nothing is created) in the store's temp area, on the file system of
+        ``blobs/``; removed when the batch ends unless committed."""
+        with self._lock:
+            path = self.store._tmp / f"{self._prefix}{len(self._paths)}-{name}"
+            self._paths.append(path)
+        return path
+
+    def add(self, path: Path, digest: str) -> Path:
+        """Records the complete file ``path`` (from :meth:`new_path`), whose bytes the caller
+        has verified to be ``digest``; returns where the blob is to be read from now. A blob
+        the batch or the store already has keeps that copy, and ``path`` is removed."""
+        _hex(digest)
+        with self._lock:
+            held = self._staged.get(digest)
+            if held is None and not self.store.has_blob(digest):
+                self._staged[digest] = path
+                return path
+        path.unlink(missing_ok=True)
+        return held if held is not None else self.store.blob_path(digest)
+
+    def find(self, digest: str) -> Path | None:
+        """Where the blob is, staged in this batch or stored; None if neither has it."""
+        with self._lock:
+            held = self._staged.get(digest)
+        if held is not None:
+            return held
+        return self.store.blob_path(digest) if self.store.has_blob(digest) else None
+
+    def is_staged(self, path: Path) -> bool:
+        """Whether ``path`` is a file this batch staged (not yet verified as a layer by the
+        store, unlike the blobs it already holds)."""
+        with self._lock:
+            return path in self._staged.values()
+
+    @property
+    def staged(self) -> dict[str, Path]:
+        """The blobs staged so far, by digest."""
+        with self._lock:
+            return dict(self._staged)
+
+    def commit(self) -> None:
+        """Syncs every staged blob and renames it into ``blobs/``."""
+        with self._lock:
+            staged = list(self._staged.items())
+        # Written without a per-blob fsync (one write overlaps the writeback of those before
+        # it); each is synced here, before it becomes visible.
+        for _digest, path in staged:
+            with _io_errors(path, "cannot sync the new blob"):
+                fsync_path(path)
+        for digest, path in staged:
+            self.store._install(path, digest)
+        with self._lock:
+            for digest, _path in staged:
+                self._staged.pop(digest, None)
+
+    def discard(self) -> None:
+        """Removes every file of the batch that was not committed."""
+        with self._lock:
+            paths, self._paths = self._paths, []
+            self._staged.clear()
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
 def default_root() -> Path:
     """``$LAYERCORE_HOME`` if set, else ``~/.local/share/layercore``."""
     home = os.environ.get("LAYERCORE_HOME")
@@ -144,11 +228,12 @@ class Store:
         self._private = self.root / ".layercore"
         self._tmp = self._private / "tmp"
         self._stamps = self._private / "stamps"
+        self._seen = self._private / "seen"
         self._index_dir = self._private / "index"
         self._index_json = self.root / "index.json"
         self._local = threading.local()
         with _io_errors(self.root, "cannot create the store"):
-            for d in (self._blobs, self._tmp, self._stamps, self._index_dir):
+            for d in (self._blobs, self._tmp, self._stamps, self._seen, self._index_dir):
                 d.mkdir(parents=True, exist_ok=True)
         layout = self.root / "oci-layout"
         if not (layout.exists() and self._index_json.exists()):
@@ -310,6 +395,51 @@ class Store:
             finally:
                 self._local.depth = 0
 
+    @contextmanager
+    def ingest(self) -> Iterator[Ingest]:
+        """The one way blobs from outside enter the store (archive import, registry pull, the
+        builder): a batch of temp files in the store's file system, each hashed and verified
+        as it is written, then synced and renamed into ``blobs/`` by :meth:`Ingest.commit`.
+        Holds :meth:`writing` throughout; whatever was not committed is removed on exit, so
+        a failed or interrupted batch leaves the store as it was."""
+        with self.writing():
+            batch = Ingest(self)
+            try:
+                yield batch
+            finally:
+                batch.discard()
+
+    # -- where blobs were seen -----------------------------------------------------------------
+
+    def record_location(self, digest: str, repository: str) -> None:
+        """Remembers that the registry repository ``repository`` (``host/path``) holds the blob
+        ``digest``, so a later push to another repository of that registry can mount it
+        rather than upload it. Kept in ``.layercore/seen/`` for as long as the blob is."""
+        hex_digest = _hex(digest)
+        if repository in self.blob_locations(digest):
+            return
+        line = (repository.replace("\n", " ") + "\n").encode()
+        try:
+            # One short O_APPEND write per record: concurrent writers never interleave.
+            fd = os.open(
+                self._seen / hex_digest, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            )
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError:
+            # A record only spares an upload; failing to write one is not an error.
+            pass
+
+    def blob_locations(self, digest: str) -> list[str]:
+        """The registry repositories (``host/path``) known to hold the blob, oldest first."""
+        try:
+            text = (self._seen / _hex(digest)).read_text(errors="replace")
+        except OSError:
+            return []
+        return list(dict.fromkeys(line for line in text.splitlines() if line))
+
     # -- images --------------------------------------------------------------------------------
 
     def save(self, image: Image, tag: str | None = None) -> Image:
@@ -407,7 +537,7 @@ class Store:
                 (self._tmp / name).unlink(missing_ok=True)
                 freed += size
             if removed:
-                _fsync_dir(self._blobs)
+                fsync_dir(self._blobs)
         return GcReport(sorted(removed), freed)
 
     def du(self) -> DiskUsage:
@@ -556,7 +686,7 @@ class Store:
         """Moves the layer just written at ``tmp`` (its digest computed while writing) into
         ``blobs/``; an identical blob already there is kept."""
         with _io_errors(tmp, "cannot sync the new layer"):
-            _fsync_path(tmp)
+            fsync_path(tmp)
         return replace(layer, path=self._install(tmp, layer.digest))
 
     def _install(self, tmp: Path, digest: str) -> Path:
@@ -567,7 +697,7 @@ class Store:
             return final
         with _io_errors(final, "cannot add blob"):
             os.rename(tmp, final)
-            _fsync_dir(self._blobs)
+            fsync_dir(self._blobs)
             self._write_stamp(_hex(digest), os.stat(final))
         return final
 
@@ -648,6 +778,7 @@ class Store:
     def _forget(self, hex_digest: str) -> None:
         """Removes what the store keeps about a blob besides the blob itself."""
         (self._stamps / hex_digest).unlink(missing_ok=True)
+        (self._seen / hex_digest).unlink(missing_ok=True)
         for cache in self._index_dir.glob(f"{hex_digest}*"):
             cache.unlink(missing_ok=True)
 
@@ -664,7 +795,7 @@ class Store:
                     os.fsync(f.fileno())
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, path)
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -918,22 +1049,6 @@ def _files(directory: Path) -> Iterator[tuple[str, int]]:
                     continue
     except FileNotFoundError:
         return
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager

@@ -99,11 +99,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, get_args
 
 from layercore._core import copy_blob, verify_layer
+from layercore.durable import fsync_dir, fsync_path
 from layercore.errors import (
     CorruptImageError,
     CorruptLayerError,
     DigestMismatchError,
     ImageNotFoundError,
+    InvalidReferenceError,
     LayerIOError,
     SourceNotFoundError,
     TruncatedLayerError,
@@ -120,8 +122,9 @@ from layercore.image import (
     canonical_json,
     host_architecture,
 )
+from layercore.imageref import Reference
 from layercore.layer import Compression, Layer, StrPath
-from layercore.store import REF_NAME, _fsync_dir, _fsync_path, check_tag
+from layercore.store import REF_NAME, Ingest, check_tag
 
 if TYPE_CHECKING:
     from layercore.store import Store
@@ -153,13 +156,6 @@ _LAYOUT_VERSION = "1.0.0"
 _LAYOUT_BYTES = b'{"imageLayoutVersion":"1.0.0"}'
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _BLOB_MEMBER_RE = re.compile(r"blobs/sha256/([0-9a-f]{64})")
-#: A Docker reference ``[domain/]path[:tag]`` (distribution/reference, without digests).
-_DOCKER_REF_RE = re.compile(
-    r"(?:(?P<domain>(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
-    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
-)
 #: Manifests, configs and indexes are read whole; anything bigger is not one.
 _MAX_JSON_BYTES = 64 << 20
 _BLOCK = tarfile.BLOCKSIZE
@@ -233,7 +229,7 @@ def import_image(
         detect_format(src_path)
     elif not src_path.exists():
         raise SourceNotFoundError("does not exist", src_path)
-    with store.writing(), _Staging(store) as staging:
+    with store.ingest() as ingest:
         source: _Source
         if src_path.is_dir():
             fmt: Format = "oci"
@@ -241,12 +237,12 @@ def import_image(
         else:
             archive = src_path
             if _is_gzip(src_path):
-                archive = staging.new("archive.tar")
+                archive = ingest.new_path("archive.tar")
                 _gunzip(src_path, archive)
             tar = _PlainTar(archive, origin=src_path)
             fmt = _archive_format(src_path, set(tar.members))
             source = _TarSource(tar)
-        importer = _Importer(store, source, staging, _Meter(progress))
+        importer = _Importer(store, source, ingest, _Meter(progress))
         picked: tuple[Image, str | None] | None = None
         if fmt != "docker-archive":
             picked = importer.oci(name, docker_fallback=source.exists(DOCKER_MANIFEST_FILE))
@@ -263,7 +259,7 @@ def import_image(
                 ) from None
         # Every staged blob was verified as it was copied in: sync them and move them into
         # blobs/ rather than have save() copy them a second time.
-        importer.install_staged()
+        ingest.commit()
         saved = store.save(image, tag)
     # Blobs the store already had were not copied; the count still ends at the total.
     importer.meter.finish()
@@ -468,15 +464,15 @@ class _TarSource(_Source):
 
 
 class _Importer:
-    """One import: blobs staged (verified) in ``staging``, then one image built from them."""
+    """One import: blobs verified into the store's ``ingest`` batch, then one image built
+    from them."""
 
-    def __init__(self, store: Store, source: _Source, staging: _Staging, meter: _Meter) -> None:
+    def __init__(self, store: Store, source: _Source, ingest: Ingest, meter: _Meter) -> None:
         self.store = store
         self.meter = meter
         self.source = source
         self.origin = source.origin
-        self.staging = staging
-        self._staged: dict[str, Path] = {}
+        self.ingest = ingest
 
     # OCI layouts, directories and archives --------------------------------------------------
 
@@ -697,7 +693,7 @@ class _Importer:
                     expected=diff_id,
                     actual=digest,
                 )
-        elif path in self._staged.values():
+        elif self.ingest.is_staged(path):
             try:
                 verify_layer(os.fspath(path), digest, diff_id)
             except DigestMismatchError as e:
@@ -716,25 +712,15 @@ class _Importer:
 
     # blobs ----------------------------------------------------------------------------------
 
-    def install_staged(self) -> None:
-        """Renames every staged (verified, synced) blob into the store's ``blobs/``."""
-        # Copied without a per-blob fsync (one copy overlaps the writeback of the ones before
-        # it); each is synced here, before it becomes visible.
-        for path in self._staged.values():
-            _fsync_path(path)
-        for digest, path in self._staged.items():
-            self.store._install(path, digest)
-
     def _stage(self, name: str, digest: str | None, size: int | None) -> tuple[Path, str]:
         """Where the blob ``name`` is once verified, and its digest: the store's own copy
         when it already has the blob (trusted, as :meth:`Store.save` trusts it), else a
         staged copy. ``digest`` and ``size``, when known, are checked."""
         if digest is not None:
-            if digest in self._staged:
-                return self._staged[digest], digest
-            if self.store.has_blob(digest):
-                return self.store.blob_path(digest), digest
-        tmp = self.staging.new("incoming")
+            held = self.ingest.find(digest)
+            if held is not None:
+                return held, digest
+        tmp = self.ingest.new_path("incoming")
         actual, actual_size = self.source.copy(name, tmp, digest)
         self.meter.advance(actual_size)
         if size is not None and actual_size != size:
@@ -742,14 +728,7 @@ class _Importer:
             raise CorruptImageError(
                 f"{name} is {actual_size} bytes, but its descriptor says {size}", self.origin
             )
-        if actual in self._staged:
-            tmp.unlink()
-            return self._staged[actual], actual
-        if self.store.has_blob(actual):
-            tmp.unlink()
-            return self.store.blob_path(actual), actual
-        self._staged[actual] = tmp
-        return tmp, actual
+        return self.ingest.add(tmp, actual), actual
 
 
 def _image(
@@ -932,14 +911,14 @@ def _write_layout(
                 copy_blob(os.fspath(blob.path), os.fspath(tmp), verify=False, sync=False)
                 meter.advance(blob.size)
             for tmp, _target in pending:
-                _fsync_path(tmp)
+                fsync_path(tmp)
             for tmp, target in pending:
                 os.replace(tmp, target)
         except BaseException:
             for tmp, _target in pending:
                 tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(blob_dir)
+        fsync_dir(blob_dir)
         index_path = dest / OCI_INDEX_FILE
         if index_path.exists():
             index = _json_object(_read_small_file(index_path), OCI_INDEX_FILE, dest)
@@ -1004,7 +983,7 @@ def _new_archive(dest: Path) -> Iterator[_TarWriter]:
             os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
 
 
 # --- export: the legacy docker-archive ------------------------------------------------------
@@ -1436,24 +1415,26 @@ def _familiar(ref: str) -> str:
 
 def _qualified(ref: str) -> str:
     """A Docker reference in full: ``app:1.0`` is ``docker.io/library/app:1.0``."""
-    name, tag = _split_tag(_familiar(ref))
-    first = name.partition("/")[0]
-    if "/" not in name:
-        name = f"docker.io/library/{name}"
-    elif not ("." in first or ":" in first or first == "localhost"):
-        name = f"docker.io/{name}"
-    return f"{name}:{tag}"
+    return Reference.parse(ref).qualified
 
 
 def _docker_reference(name: str) -> str:
     """``name`` as a docker-archive ``RepoTags`` item: a Docker reference with a tag, in
     Docker's short form."""
-    if not _DOCKER_REF_RE.fullmatch(name):
+    try:
+        ref = Reference.parse(name)
+    except InvalidReferenceError as e:
         raise ValueError(
             f"{name!r} is not a Docker image reference ([domain/]repository[:tag], repository "
-            "in lowercase), which a docker-archive's RepoTags needs; pass a name that is"
+            f"in lowercase), which a docker-archive's RepoTags needs ({e.message}); pass a "
+            "name that is"
+        ) from None
+    if ref.digest is not None:
+        raise ValueError(
+            f"{name!r} has a digest, which a docker-archive's RepoTags cannot carry; pass "
+            "repository[:tag]"
         )
-    return _familiar(name)
+    return ref.familiar
 
 
 def _repo_tags(item: Mapping[str, Any]) -> list[str]:
@@ -1676,31 +1657,6 @@ def _gunzip(src: Path, dest: Path) -> None:
         raise CorruptImageError(f"not a valid gzip stream: {e}", src) from None
 
 
-class _Staging:
-    """Files of one import in the store's ``.layercore/tmp/``: the same file system as its
-    blobs, and cleared by :meth:`Store.gc` if the process dies (writers hold
-    :meth:`Store.writing`, so gc never sees them while they are in use)."""
-
-    def __init__(self, store: Store) -> None:
-        self._dir = store.root / ".layercore" / "tmp"
-        self._prefix = f"{os.getpid()}-{secrets.token_hex(8)}-import-"
-        self._files: list[Path] = []
-
-    def new(self, name: str) -> Path:
-        """A fresh path (nothing created) for a staged file."""
-        path = self._dir / f"{self._prefix}{len(self._files)}-{name}"
-        self._files.append(path)
-        return path
-
-    def __enter__(self) -> _Staging:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for path in self._files:
-            path.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def _locked_dir(path: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -1741,4 +1697,4 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)

@@ -55,6 +55,18 @@ fn build(py: Python<'_>, err: &Error) -> PyResult<PyErr> {
         Error::Unsupported { detail, .. } => ("UnsupportedEntryError", detail.clone()),
         Error::InvalidArgument(msg) => return Ok(PyValueError::new_err(msg.clone())),
         Error::Interrupted => return Ok(PyKeyboardInterrupt::new_err("interrupted")),
+        Error::Network {
+            url,
+            detail,
+            transferred,
+            retriable,
+        } => {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("transferred", *transferred)?;
+            kwargs.set_item("retriable", *retriable)?;
+            let value = class(py, "NetworkError")?.call((detail, url), Some(&kwargs))?;
+            return Ok(PyErr::from_value(value));
+        }
     };
     let value = class(py, name)?.call1((message, path))?;
     Ok(PyErr::from_value(value))

@@ -6,6 +6,7 @@ mod blob_copy;
 mod diff;
 mod error;
 mod flatten;
+mod http;
 mod stack;
 
 use std::ffi::OsStr;
@@ -391,5 +392,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     apply::register(m)?;
     diff::register(m)?;
     blob_copy::register(m)?;
+    http::register(m)?;
     Ok(())
 }

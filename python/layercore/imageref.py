@@ -5,6 +5,9 @@ first component is a registry host only if it has a ``.`` or a ``:`` or is ``loc
 host means ``docker.io``, where a one-component repository gets ``library/``; no tag and no
 digest means ``latest``. ``index.docker.io`` is an alias of ``docker.io``, and the API of both
 is served at ``registry-1.docker.io``.
+
+It sits beside the store, not in :mod:`layercore.registry`: the archive transports name images
+with the same grammar (a docker-archive's ``RepoTags``), and lower layers never import upper ones.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from layercore.errors import LayerError
+from layercore.errors import InvalidReferenceError
 
-__all__ = ["DEFAULT_REGISTRY", "InvalidReferenceError", "Reference"]
+__all__ = ["DEFAULT_REGISTRY", "Reference"]
 
 DEFAULT_REGISTRY = "docker.io"
 _DOCKER_API_HOST = "registry-1.docker.io"
@@ -30,11 +33,6 @@ _HOST = re.compile(
 )
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
-
-
-class InvalidReferenceError(LayerError, ValueError):
-    """A reference that is not ``[host[:port]/]repo[:tag][@digest]``; ``path`` is the reference
-    as written, and the message says which part is wrong."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +101,11 @@ class Reference:
     def name(self) -> str:
         """``registry/repository``, fully qualified."""
         return f"{self.registry}/{self.repository}"
+
+    @property
+    def qualified(self) -> str:
+        """In full, never abbreviated: ``docker.io/library/ubuntu:22.04``."""
+        return str(self)
 
     @property
     def familiar(self) -> str:

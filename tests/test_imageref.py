@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from layercore.registry import InvalidReferenceError, Reference
+from layercore.errors import InvalidReferenceError
+from layercore.imageref import Reference
 
 D = "sha256:" + "a" * 64
 
