@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from layercore import _core
 from layercore.durable import fsync_dir, fsync_path
@@ -55,6 +55,9 @@ from layercore.image import (
     sha256_digest,
 )
 from layercore.layer import Compression, Layer, Owner, StrPath
+
+if TYPE_CHECKING:
+    from layercore.registry.transfer import PushResult, Transfers
 
 __all__ = [
     "REF_NAME",
@@ -467,6 +470,54 @@ class Store:
         :class:`~layercore.errors.CorruptImageError` for an invalid one."""
         return self._load_entry(self._resolve(ref), ref)
 
+    def read_manifest(self, ref: str) -> tuple[bytes, str, str]:
+        """The manifest or image index ``ref`` names (a tag or digest, as :meth:`load` takes),
+        exactly as stored: ``(bytes, media type, digest)``. Unlike :meth:`load` it does not
+        resolve an index to one platform; a push sends what this returns."""
+        entry = self._resolve(ref)
+        digest: str = entry["digest"]
+        data = self._read_blob(digest, f"manifest of {ref}")
+        manifest = _parse(data, self.blob_path(digest), f"manifest of {ref}")
+        media_type = manifest.get("mediaType", entry.get("mediaType"))
+        if not isinstance(media_type, str):
+            media_type = OCI_INDEX if "manifests" in manifest else OCI_MANIFEST
+        return data, media_type, digest
+
+    def save_index(self, index_bytes: bytes, tag: str | None = None) -> str:
+        """Records an image index (a multi-platform image) whose child manifests, configs and
+        layers are all in the store already, under ``tag``; returns its digest. The bytes are
+        kept exactly. :meth:`load` of the tag gives this machine's platform, :meth:`read_manifest`
+        the index itself. Raises :class:`~layercore.errors.CorruptImageError` if it is not an
+        index or a blob it reaches is missing."""
+        if tag is not None:
+            check_tag(tag)
+        digest = sha256_digest(index_bytes)
+        index = _parse(index_bytes, self.blob_path(digest), "image index")
+        media_type = index.get("mediaType", OCI_INDEX)
+        if media_type not in _INDEX_TYPES or not isinstance(index.get("manifests"), list):
+            raise CorruptImageError("not an image index", self.blob_path(digest))
+        with self.writing():
+            for child in index["manifests"]:
+                child_digest = child.get("digest") if isinstance(child, dict) else None
+                if not (isinstance(child_digest, str) and self.has_blob(child_digest)):
+                    raise CorruptImageError(
+                        f"the index names manifest {child_digest}, which is not in the store",
+                        self.blob_path(digest),
+                    )
+                child_type = child.get("mediaType", OCI_MANIFEST)
+                if child_type in _MANIFEST_TYPES:
+                    for layer in self.load(child_digest).layers:
+                        if not self.has_blob(layer.digest):
+                            raise CorruptImageError(
+                                f"manifest {child_digest} names layer {layer.digest}, which "
+                                "is not in the store",
+                                self.blob_path(digest),
+                            )
+            self.put_blob(index_bytes, digest=digest)
+            descriptor = Descriptor(media_type, digest, len(index_bytes))
+            self._add_entry(descriptor.to_json(), tag)
+        return digest
+
     def tags(self) -> dict[str, str]:
         """Every tag and the manifest digest it names, sorted by tag."""
         tags = {}
@@ -628,6 +679,104 @@ class Store:
         from layercore import transport
 
         return transport.import_image(self, src, tag, name=name, progress=progress)
+
+    # -- registries (layercore.registry does the work; the store's own code never uses it) ---
+
+    def pull(
+        self,
+        reference: str,
+        *,
+        tag: str | None = None,
+        platform: str | None = None,
+        all_platforms: bool = False,
+        insecure: bool = False,
+        ca_file: StrPath | None = None,
+        jobs: int | None = None,
+        transfers: Transfers | None = None,
+    ) -> Image:
+        """Pulls ``reference`` (``[host[:port]/]repo[:tag|@sha256:...]``, Docker's defaults:
+        ``docker.io``, ``library/``, ``latest``) from its registry and saves it under ``tag``
+        (default: the reference as written). Blobs the store has are not fetched; the others
+        stream in, ``jobs`` at once (default 4), hashed on arrival, resumed after a dropped
+        connection, and verified before they are stored. An image index resolves to linux on
+        this machine's architecture or to ``platform`` (``"linux/arm64"``, ``"linux/arm/v7"``);
+        ``all_platforms`` keeps the index and every child. Credentials come from the Docker
+        config (see :mod:`layercore.registry.auth`). ``insecure`` allows plain HTTP and
+        unverified TLS; ``ca_file`` adds a CA (default: the ``certs.d`` directories).
+        ``transfers`` (a :class:`layercore.registry.Transfers`) shows progress as it runs.
+        Raises :class:`~layercore.errors.RegistryError` and its kinds, and
+        :class:`~layercore.errors.DigestMismatchError` for wrong bytes; a failed pull stores
+        and tags nothing."""
+        from layercore.registry import transfer
+
+        return transfer.pull(
+            self,
+            reference,
+            tag=tag,
+            platform=platform,
+            all_platforms=all_platforms,
+            insecure=insecure,
+            ca_file=ca_file,
+            jobs=jobs,
+            transfers=transfers,
+        )
+
+    def push(
+        self,
+        image: Image | str,
+        reference: str,
+        *,
+        insecure: bool = False,
+        ca_file: StrPath | None = None,
+        jobs: int | None = None,
+        transfers: Transfers | None = None,
+    ) -> PushResult:
+        """Pushes ``image`` (an :class:`Image`, or a tag or digest of the store, which may name
+        an image index) to ``reference``. Nothing is sent if the registry has the manifest
+        already; each blob the repository has is skipped, one another repository of that
+        registry is known to hold is mounted, and the rest are uploaded, ``jobs`` at once
+        (big ones in chunks, resumed after a dropped connection where the registry allows).
+        Returns a :class:`layercore.registry.PushResult` saying what happened to each blob."""
+        from layercore.registry import transfer
+
+        return transfer.push(
+            self,
+            image,
+            reference,
+            insecure=insecure,
+            ca_file=ca_file,
+            jobs=jobs,
+            transfers=transfers,
+        )
+
+    def copy(
+        self,
+        src: str,
+        dest: str,
+        *,
+        platform: str | None = None,
+        all_platforms: bool = False,
+        insecure: bool = False,
+        ca_file: StrPath | None = None,
+        jobs: int | None = None,
+        transfers: Transfers | None = None,
+    ) -> PushResult:
+        """Copies ``src`` to ``dest`` (both registry references) through the store: a
+        :meth:`pull` (blobs the store holds are not downloaded) then a :meth:`push` (blobs on
+        the destination registry are mounted, not uploaded)."""
+        from layercore.registry import transfer
+
+        return transfer.copy(
+            self,
+            src,
+            dest,
+            platform=platform,
+            all_platforms=all_platforms,
+            insecure=insecure,
+            ca_file=ca_file,
+            jobs=jobs,
+            transfers=transfers,
+        )
 
     # -- blob internals ------------------------------------------------------------------------
 
