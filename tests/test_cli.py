@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from layercore import Image, Layer, cli
+from layercore import Image, Layer
 from layercore.cli import build_parser, main
 from layercore.store import Store
 
@@ -647,7 +647,7 @@ def test_diff_content_compares_bodies_only_when_asked(
     def no_reading(*_args: object) -> bool:
         raise AssertionError("a body was read")
 
-    monkeypatch.setattr(cli, "_same_body", no_reading)
+    monkeypatch.setattr("layercore.cli.inspect._same_body", no_reading)
     assert lc("diff", "one:1", "one:2", "--content") == "A /x\n"
 
 

@@ -1,0 +1,163 @@
+"""The ``layercore`` command line: build layers, compose images and inspect them in the store.
+
+Every command works on the embedded store (an OCI image layout; ``--store DIR``, else
+``$LAYERCORE_HOME``, else ``~/.local/share/layercore``). IMAGE arguments are a tag
+(``app:1.0``) or a manifest digest (``sha256:<hex>``, or a unique prefix of 12 hex digits or
+more). Commands whose output is data take ``--json``: ``json.dumps(..., indent=2)`` of objects
+with stable keys, sizes in exact bytes. Tables are for people: sizes human-readable, no colour
+codes unless stdout is a terminal, a progress spinner on stderr only when stderr is one.
+
+Exit status: 0 on success, 1 when layercore reports an error (an unknown image, a damaged
+blob, a missing directory), 2 for a usage error (a bad option, an invalid tag).
+
+The package has one module per command group. Each has a ``register(commands)`` that adds its
+commands to the parser, every command's handler in its defaults; ``build_parser`` calls them in
+the order ``--help`` lists the commands, so a new group is one module and one entry in
+``_GROUPS``. Beside them: ``session`` (what a command runs with: the arguments, the store, the
+consoles; ``UsageError``), ``output`` (sizes, digests, tables, the JSON of images and layers)
+and ``parser`` (``Commands``, how a module adds its commands).
+
+This module owns the top-level parser (``--store``, ``--version``) and ``main``, which maps
+errors to exit statuses; it may import every module of the package, and none of them imports
+it. Nothing outside the command line imports ``layercore.cli``: ``import layercore`` stays
+free of argparse and rich.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from layercore.cli import image, inspect, layer, rewrite, store, transport
+from layercore.cli.inspect import diff_images
+from layercore.cli.parser import Commands, Formatter, epilog
+from layercore.cli.session import Handler, Session, UsageError, print_error
+from layercore.errors import LayerError
+from layercore.version import build_info
+
+__all__ = ["build_parser", "diff_images", "main"]
+
+_DESCRIPTION = """\
+Build layers, compose images and inspect them in the embedded image store (an OCI image
+layout: --store DIR, else $LAYERCORE_HOME, else ~/.local/share/layercore).
+
+IMAGE is a tag (app:1.0) or a manifest digest (sha256:<hex>, or a unique prefix of at least
+12 hex digits). --json prints machine-readable output with stable keys and exact byte counts.
+Exit status: 0 on success, 1 when an operation fails (unknown image, damaged blob, missing
+directory), 2 for a usage error (bad option, invalid tag)."""
+
+#: Each command group's ``register``, in the order ``layercore --help`` lists their commands.
+_GROUPS: tuple[Callable[[Commands], None], ...] = (
+    layer.register,
+    image.register,
+    inspect.register,
+    rewrite.register,
+    transport.register,
+    store.register,
+)
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version, then the build (core, compiler, wheel tag), and exit 0.
+
+    argparse's own ``version`` action takes its text when the parser is built; this one reads
+    the build only when asked, so other commands never pay for the metadata look-up."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(build_info().describe())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``layercore`` argument parser (each command's ``handler`` is in its defaults)."""
+    parser = argparse.ArgumentParser(
+        prog="layercore",
+        description=_DESCRIPTION,
+        formatter_class=Formatter,
+        epilog=epilog(
+            "layercore layer create ./rootfs",
+            "layercore image new app:1",
+            "layercore image append app:1 ./rootfs --created-by 'ADD rootfs /'",
+            "layercore image config app:1 --env PATH=/bin --cmd sh",
+            "layercore which app:1 /etc/passwd",
+            "layercore export app:1 app.tar --format docker-archive",
+        ),
+    )
+    parser.add_argument(
+        "--store",
+        metavar="DIR",
+        help="the image store (default: $LAYERCORE_HOME, else ~/.local/share/layercore)",
+    )
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="show the version and the build of the core (compiler, target, wheel tag), and exit",
+    )
+    commands = Commands.of(parser)
+    for register in _GROUPS:
+        register(commands)
+    return parser
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 2
+
+
+def _broken_pipe() -> NoReturn:
+    """The reader went away (``layercore ls img | head``): stop quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return _exit_status(exc.code)
+    session = Session(args)
+    handler: Handler = args.handler
+    try:
+        return handler(args, session)
+    except BrokenPipeError:
+        _broken_pipe()
+    except UsageError as exc:
+        print_error(str(exc))
+        return 2
+    except LayerError as exc:
+        print_error(str(exc))
+        return 1
+    except ValueError as exc:
+        print_error(str(exc))
+        return 2
+    except OSError as exc:
+        if exc.filename is not None and exc.strerror:
+            print_error(f"{exc.filename}: {exc.strerror}")
+        else:
+            print_error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        return 130

@@ -1,0 +1,98 @@
+"""How the command line shows things: sizes and digests for people, borderless tables, and the
+JSON of layers and images (stable keys, exact byte counts).
+
+It may import the image model and rich's tables; it knows nothing of the store, the session or
+the parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+
+from layercore.image import Image
+from layercore.layer import Layer
+
+__all__ = [
+    "borderless_table",
+    "human_size",
+    "image_json",
+    "image_size",
+    "layer_json",
+    "plural",
+    "short_digest",
+]
+
+
+def human_size(size: int | None) -> str:
+    """A byte count for people (binary units, one decimal)."""
+    if size is None:
+        return "-"
+    if size < 1024:
+        return f"{size} B"
+    value, units = size / 1024, ["KiB", "MiB", "GiB", "TiB"]
+    while value >= 1024 and len(units) > 1:
+        value /= 1024
+        units.pop(0)
+    return f"{value:.1f} {units[0]}"
+
+
+def short_digest(digest: str | None) -> str:
+    """The first 12 hex digits of a digest, as listings show it."""
+    return "-" if digest is None else digest.partition(":")[2][:12]
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 blob``, ``2 blobs``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def borderless_table(*columns: str, right: Sequence[str] = ()) -> Table:
+    """A borderless table with an upper-case header, ``docker images`` style."""
+    table = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
+    for name in columns:
+        table.add_column(name, justify="right" if name in right else "left", overflow="fold")
+    return table
+
+
+def layer_json(layer: Layer) -> dict[str, Any]:
+    """A layer's descriptor and where its blob is, as ``--json`` prints it."""
+    return {
+        "media_type": layer.media_type,
+        "digest": layer.digest,
+        "size": layer.size,
+        "diff_id": layer.diff_id,
+        "uncompressed_size": layer.uncompressed_size,
+        "compression": layer.compression,
+        "path": str(layer.path),
+    }
+
+
+def image_size(image: Image) -> int:
+    """Bytes of every blob the image is made of: manifest, config and layers."""
+    return len(image.manifest_bytes) + len(image.config_bytes) + sum(x.size for x in image.layers)
+
+
+def image_json(tag: str | None, image: Image) -> dict[str, Any]:
+    """An image (and the tag it is known by, or None) as ``--json`` prints it."""
+    return {
+        "tag": tag,
+        "digest": image.digest,
+        "media_type": image.media_type,
+        "config_digest": image.config_digest,
+        "architecture": image.architecture,
+        "os": image.os,
+        "created": image.created,
+        "size": image_size(image),
+        "layers": [
+            {
+                "media_type": x.media_type,
+                "digest": x.digest,
+                "diff_id": x.diff_id,
+                "size": x.size,
+            }
+            for x in image.layers
+        ],
+    }

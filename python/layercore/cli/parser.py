@@ -1,0 +1,97 @@
+"""How a command group adds its commands to the ``layercore`` parser.
+
+``Commands`` is one level of subcommands (``layercore COMMAND``, ``layercore image COMMAND``)
+holding the options every command takes: ``--store``, and ``--json`` for the commands whose
+output is data. Each command module's ``register(commands)`` adds its commands with
+``Commands.add`` (the handler goes into the command's defaults) and its groups of commands with
+``Commands.group``. ``Formatter`` and ``epilog`` keep the help's line breaks and examples.
+
+It may import argparse and ``cli.session`` (for the handler's type), nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Sequence
+
+from layercore.cli.session import Handler
+
+__all__ = ["Commands", "Formatter", "epilog"]
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' and epilogs' line breaks (the examples)."""
+
+
+def epilog(*lines: str) -> str:
+    """The ``examples:`` block at the end of a command's help."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+class Commands:
+    """One level of subcommands; ``--help`` lists them in the order they were added."""
+
+    def __init__(
+        self,
+        subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+        common: argparse.ArgumentParser,
+        as_json: argparse.ArgumentParser,
+    ) -> None:
+        self._subparsers = subparsers
+        self._common = common
+        self._as_json = as_json
+
+    @classmethod
+    def of(cls, parser: argparse.ArgumentParser) -> Commands:
+        """The top level of ``parser``'s commands (``layercore COMMAND``)."""
+        common = argparse.ArgumentParser(add_help=False)
+        common.add_argument(
+            "--store",
+            metavar="DIR",
+            default=argparse.SUPPRESS,
+            help="the image store (default: $LAYERCORE_HOME, else ~/.local/share/layercore)",
+        )
+        as_json = argparse.ArgumentParser(add_help=False)
+        as_json.add_argument(
+            "--json", action="store_true", help="print JSON (stable keys, exact byte counts)"
+        )
+        subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+        return cls(subparsers, common, as_json)
+
+    def add(
+        self,
+        name: str,
+        handler: Handler,
+        summary: str,
+        description: str,
+        examples: Sequence[str],
+        *,
+        json: bool = False,
+    ) -> argparse.ArgumentParser:
+        """Adds the command ``name``, run by ``handler``: ``summary`` is its line in this level's
+        help, ``description`` (dedented) and ``examples`` make its own ``--help``, and
+        ``json=True`` gives it ``--json``. Returns its parser, for its own arguments."""
+        sub = self._subparsers.add_parser(
+            name,
+            help=summary,
+            description=textwrap.dedent(description).strip(),
+            epilog=epilog(*examples),
+            formatter_class=Formatter,
+            parents=[self._common, self._as_json] if json else [self._common],
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def group(self, name: str, summary: str, description: str) -> Commands:
+        """Adds ``name`` as a command that holds commands (``layercore image COMMAND``) and
+        returns the level its commands are added to."""
+        parser = self._subparsers.add_parser(
+            name,
+            help=summary,
+            description=description,
+            formatter_class=Formatter,
+            parents=[self._common],
+        )
+        subparsers = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+        return Commands(subparsers, self._common, self._as_json)

@@ -1,0 +1,160 @@
+"""``layercore tag``, ``rm``, ``gc``, ``du`` and ``verify``: the store's tags, the blobs no image
+uses, the disk the store takes, and whether its blobs still match their digests.
+
+It may import the errors, ``cli.session``, ``cli.output`` and ``cli.parser``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from layercore.cli.output import borderless_table, human_size, plural, short_digest
+from layercore.cli.parser import Commands
+from layercore.cli.session import Session, print_error
+from layercore.errors import ImageNotFoundError
+
+__all__ = ["register"]
+
+
+def register(commands: Commands) -> None:
+    """Adds ``tag``, ``rm``, ``gc``, ``du`` and ``verify``."""
+    p = commands.add(
+        "tag",
+        _cmd_tag,
+        "give an image another tag",
+        "Tags the image IMAGE as NEW (moving NEW if it named another image).",
+        ["layercore tag app:1 app:latest"],
+        json=True,
+    )
+    p.add_argument("image", metavar="IMAGE", help="a tag or a digest")
+    p.add_argument("new_tag", metavar="NEW")
+    p = commands.add(
+        "rm",
+        _cmd_rm,
+        "remove tags",
+        "Removes the tags; their blobs stay until `layercore gc`.",
+        ["layercore rm app:1 app:2", "layercore rm app:1 && layercore gc"],
+    )
+    p.add_argument("tags", metavar="TAG", nargs="+")
+    commands.add(
+        "gc",
+        _cmd_gc,
+        "delete blobs no image uses",
+        "Deletes every blob that no image in the store references.",
+        ["layercore gc", "layercore gc --json"],
+        json=True,
+    )
+    commands.add(
+        "du",
+        _cmd_du,
+        "show the store's disk use",
+        """
+        Per image: its size (every blob it uses), the bytes only it uses (unique) and the
+        bytes it shares with other images; then the blobs on disk, the bytes sharing saved,
+        and the bytes no image uses (freed by gc).
+        """,
+        ["layercore du", "layercore du --json"],
+        json=True,
+    )
+    p = commands.add(
+        "verify",
+        _cmd_verify,
+        "re-hash blobs and report damaged ones",
+        """
+        Re-hashes the blobs of IMAGE (default: every image) and lists those whose bytes no
+        longer match their digest; exit status 1 if there is one.
+        """,
+        ["layercore verify", "layercore verify app:1"],
+        json=True,
+    )
+    p.add_argument("image", metavar="IMAGE", nargs="?", help="a tag or a digest")
+
+
+def _cmd_tag(args: argparse.Namespace, session: Session) -> int:
+    session.store.tag(args.image, args.new_tag)
+    if not session.json:
+        session.print(f"tagged {args.new_tag} -> {session.store.tags()[args.new_tag]}")
+    else:
+        session.emit_json({"tag": args.new_tag, "digest": session.store.tags()[args.new_tag]})
+    return 0
+
+
+def _cmd_rm(args: argparse.Namespace, session: Session) -> int:
+    status = 0
+    for tag in args.tags:
+        try:
+            session.store.remove(tag)
+        except ImageNotFoundError as exc:
+            print_error(str(exc))
+            status = 1
+        else:
+            session.print(f"untagged {tag}")
+    return status
+
+
+def _cmd_gc(args: argparse.Namespace, session: Session) -> int:
+    with session.progress("removing blobs no image uses"):
+        report = session.store.gc()
+    if session.json:
+        session.emit_json({"removed": list(report.removed), "bytes_freed": report.bytes_freed})
+    else:
+        removed = plural(len(report.removed), "blob")
+        session.print(f"removed {removed}, freed {human_size(report.bytes_freed)}")
+    return 0
+
+
+def _cmd_du(args: argparse.Namespace, session: Session) -> int:
+    usage = session.store.du()
+    if session.json:
+        session.emit_json(
+            {
+                "total_bytes": usage.total_bytes,
+                "shared_bytes": usage.shared_bytes,
+                "saved_bytes": usage.saved_bytes,
+                "unreferenced_bytes": usage.unreferenced_bytes,
+                "images": [
+                    {
+                        "tag": u.tag,
+                        "digest": u.digest,
+                        "size": u.size,
+                        "unique_bytes": u.unique_bytes,
+                        "shared_bytes": u.shared_bytes,
+                    }
+                    for u in usage.images
+                ],
+            }
+        )
+        return 0
+    table = borderless_table(
+        "TAG", "DIGEST", "SIZE", "UNIQUE", "SHARED", right=("SIZE", "UNIQUE", "SHARED")
+    )
+    for u in usage.images:
+        table.add_row(
+            u.tag if u.tag is not None else "<none>",
+            short_digest(u.digest),
+            human_size(u.size),
+            human_size(u.unique_bytes),
+            human_size(u.shared_bytes),
+        )
+    session.print_table(table)
+    session.print()
+    session.print(
+        f"blobs on disk: {human_size(usage.total_bytes)}; shared by several images: "
+        f"{human_size(usage.shared_bytes)}; saved by sharing: {human_size(usage.saved_bytes)}; "
+        f"unreferenced: {human_size(usage.unreferenced_bytes)}"
+        + (" (`layercore gc` frees it)" if usage.unreferenced_bytes else "")
+    )
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace, session: Session) -> int:
+    with session.progress(f"verifying {args.image or 'every image'}"):
+        damaged = session.store.verify(args.image)
+    if session.json:
+        session.emit_json({"damaged": damaged})
+    elif damaged:
+        for digest in damaged:
+            session.print(f"damaged {digest}")
+    else:
+        session.print(f"{args.image or 'every image'}: every blob matches its digest")
+    return 1 if damaged else 0
