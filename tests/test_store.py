@@ -697,3 +697,78 @@ def test_flatten_and_squash_write_the_new_layer_straight_into_the_store(
         store.squash(image, 2, 2, "app:bad")
     assert private_tmp(store) == []
     assert "app:bad" not in store.tags()
+
+
+# -- the one ingest path, blob locations, indexes ----------------------------------------------
+
+
+def test_ingest_stages_then_commits_and_discards_the_rest(store: Store) -> None:
+    data = b"incoming blob\n"
+    digest = sha256(data)
+    with store.ingest() as batch:
+        path = batch.new_path("pull")
+        path.write_bytes(data)
+        assert batch.add(path, digest) == path
+        # Staged, not yet visible: the batch serves it, the store does not have it.
+        assert batch.find(digest) == path and batch.is_staged(path)
+        assert not store.has_blob(digest)
+        again = batch.new_path("pull")
+        again.write_bytes(data)
+        assert batch.add(again, digest) == path and not again.exists()
+        leftover = batch.new_path("scratch")
+        leftover.write_bytes(b"never added")
+        batch.commit()
+        assert store.has_blob(digest)
+        assert store.open_blob(digest).read_bytes() == data
+        assert batch.find(digest) == store.blob_path(digest)
+    assert private_tmp(store) == []
+
+
+def test_failed_ingest_leaves_the_store_as_it_was(store: Store) -> None:
+    before = blob_names(store)
+    with pytest.raises(RuntimeError), store.ingest() as batch:
+        path = batch.new_path("pull")
+        path.write_bytes(b"half a download")
+        batch.add(path, sha256(b"half a download"))
+        raise RuntimeError("connection lost")
+    assert blob_names(store) == before
+    assert private_tmp(store) == []
+
+
+def test_blob_locations_persist_and_go_with_the_blob(store: Store) -> None:
+    digest, _size = store.put_blob(b"shared layer")
+    assert store.blob_locations(digest) == []
+    store.record_location(digest, "reg.example:5000/team/app")
+    store.record_location(digest, "reg.example:5000/base")
+    store.record_location(digest, "reg.example:5000/team/app")
+    assert Store(store.root).blob_locations(digest) == [
+        "reg.example:5000/team/app",
+        "reg.example:5000/base",
+    ]
+    store.gc()  # unreferenced: removed, and what was known about it with it
+    assert not store.has_blob(digest)
+    assert store.blob_locations(digest) == []
+
+
+def test_save_index_and_read_manifest(store: Store, make_layer: LayerFactory) -> None:
+    amd = store.save(Image.scratch(architecture="amd64").append(make_layer({"a": b"1"})))
+    arm = store.save(Image.scratch(architecture="arm64").append(make_layer({"b": b"2"})))
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {**img.manifest_descriptor.to_json(), "platform": {"os": "linux", "architecture": a}}
+            for img, a in ((amd, "amd64"), (arm, "arm64"))
+        ],
+    }
+    data = json.dumps(index).encode()
+    digest = store.save_index(data, "multi:1")
+    assert digest == sha256(data)
+    assert store.read_manifest("multi:1") == (data, OCI_INDEX, digest)
+    assert store.read_manifest(amd.digest)[1] == OCI_MANIFEST
+    assert store.load("multi:1").digest in (amd.digest, arm.digest)
+    missing = dict(index, manifests=[*index["manifests"], {"digest": sha256(b"x"), "size": 1}])
+    with pytest.raises(CorruptImageError, match="not in the store"):
+        store.save_index(json.dumps(missing).encode(), "multi:2")
+    with pytest.raises(CorruptImageError, match="not an image index"):
+        store.save_index(amd.manifest_bytes, "multi:3")

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from layercore.cli import image, inspect, layer, rewrite, store, transport
+from layercore.cli import image, inspect, layer, registry, rewrite, store, transport
 from layercore.cli.inspect import diff_images
 from layercore.cli.parser import Commands, Formatter, epilog
 from layercore.cli.session import Handler, Session, UsageError, print_error
@@ -56,6 +56,7 @@ _GROUPS: tuple[Callable[[Commands], None], ...] = (
     inspect.register,
     rewrite.register,
     transport.register,
+    registry.register,
     store.register,
 )
 

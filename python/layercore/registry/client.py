@@ -131,13 +131,13 @@ class RegistryClient:
         insecure: bool = False,
         ca_file: StrPath | None = None,
         retry: RetryPolicy | None = None,
-        chunk_size: int = CHUNK_SIZE,
+        chunk_size: int | None = None,
     ) -> None:
         self.registry = registry
         self.host = api_host or registry
         self.insecure = insecure
         self.retry = retry or RetryPolicy()
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size if chunk_size is not None else CHUNK_SIZE
         self._credentials = credentials
         ca_paths = [Path(ca_file)] if ca_file is not None else ca_files_for(self.host)
         pems = []
@@ -189,9 +189,14 @@ class RegistryClient:
                 except NetworkError as e:
                     failure = e
                     continue
+                ok = reply.status == 401 or 200 <= reply.status < 300
+                if not ok and failure is not None:
+                    # Plain HTTP reached something that is no registry API (an HTTPS-only
+                    # registry answers 400): the HTTPS failure is the one worth reporting.
+                    break
                 if reply.status == 401:
                     self._challenge = self._pick_challenge(reply)
-                elif not (200 <= reply.status < 300):
+                elif not ok:
                     self._raise_for(reply, f"reaching {self.host}", self.host)
                 self._base = base
                 return
@@ -426,7 +431,7 @@ class RegistryClient:
         ``(bytes, media type, digest)``. Its bytes are checked against ``target`` when that
         is a digest, and against the registry's ``Docker-Content-Digest``."""
         ref = f"{self.registry}/{repository}{'@' if ':' in target else ':'}{target}"
-        what = what or f"getting the manifest of {ref}"
+        what = what or "getting the manifest"
         accept = [("Accept", ", ".join(MANIFEST_TYPES))]
         reply = self._call(
             what,
@@ -460,7 +465,7 @@ class RegistryClient:
     def head_manifest(self, repository: str, target: str) -> str | None:
         """The digest of the manifest ``target`` names, or None if there is none."""
         ref = f"{self.registry}/{repository}:{target}"
-        what = f"checking for the manifest {ref}"
+        what = "checking for the manifest"
         accept = [("Accept", ", ".join(MANIFEST_TYPES))]
         reply = self._call(
             what,
@@ -478,7 +483,7 @@ class RegistryClient:
     def put_manifest(self, repository: str, target: str, data: bytes, media_type: str) -> str:
         """Uploads a manifest or index under ``target`` (tag or digest); its digest."""
         ref = f"{self.registry}/{repository}{'@' if ':' in target else ':'}{target}"
-        what = f"uploading the manifest {ref}"
+        what = "uploading the manifest"
         reply = self._call(
             what,
             [f"repository:{repository}:pull,push"],
@@ -508,7 +513,7 @@ class RegistryClient:
     def has_blob(self, repository: str, digest: str, *, push: bool = False) -> bool:
         """``HEAD`` the blob: whether the repository has it."""
         ref = f"{self.registry}/{repository}@{digest}"
-        what = f"checking for the blob {ref}"
+        what = "checking for the blob"
         scope = f"repository:{repository}:{'pull,push' if push else 'pull'}"
         reply = self._call(
             what,
@@ -556,7 +561,7 @@ class RegistryClient:
         with ``Range`` after a dropped connection. Returns its size; a blob whose bytes are
         not ``digest`` raises :class:`DigestMismatchError` and leaves no file."""
         ref = f"{self.registry}/{repository}@{digest}"
-        what = f"downloading the blob {ref}"
+        what = "downloading the blob"
         url = self._url(repository, "blobs", digest)
         try:
             reply = self._call(
@@ -610,7 +615,7 @@ class RegistryClient:
         A chunk cut off mid-way resumes from the offset the registry reports for the upload
         (``GET`` on its URL); if the registry has lost the upload, it starts over."""
         ref = f"{self.registry}/{repository}@{digest}"
-        what = f"uploading the blob {ref}"
+        what = "uploading the blob"
         scopes = [f"repository:{repository}:pull,push"]
         for _restart in range(self.retry.attempts):
             if location is None:
@@ -618,7 +623,9 @@ class RegistryClient:
             else:
                 min_chunk = 0
             try:
-                self._send_blob(location, digest, path, size, what, scopes, min_chunk, counter)
+                self._send_blob(
+                    location, digest, path, size, (what, ref), scopes, min_chunk, counter
+                )
                 return
             except _UploadLost:
                 location = None
@@ -646,11 +653,12 @@ class RegistryClient:
         digest: str,
         path: Path,
         size: int,
-        what: str,
+        context: tuple[str, str],
         scopes: list[str],
         min_chunk: int,
         counter: _core.TransferCounter | None,
     ) -> None:
+        what, ref = context
         chunk = max(self.chunk_size, min_chunk)
         if size <= chunk:
             put = _with_query(location, digest=digest)
@@ -668,7 +676,7 @@ class RegistryClient:
                 # The registry may keep part of a PUT it never finished; a fresh upload is
                 # the only sure way on.
                 raise _UploadLost() from None
-            self._finish(reply, what, digest)
+            self._finish(reply, what, digest, ref)
             return
         offset = 0
         resumes = 0
@@ -692,12 +700,12 @@ class RegistryClient:
             if reply.status == 416 or reply.status in (400, 404):
                 raise _UploadLost()
             if reply.status != 202:
-                self._raise_for(reply, what, location)
+                self._raise_for(reply, what, ref)
             location = self._absolute(reply.header("location") or location)
             offset = _range_end(reply.header("range"), offset + length)
         put = _with_query(location, digest=digest)
         reply = self._call(what, scopes, lambda auth: self._http.request("PUT", put, auth, b""))
-        self._finish(reply, what, digest)
+        self._finish(reply, what, digest, ref)
 
     def _upload_status(self, location: str, what: str, scopes: list[str]) -> tuple[str, int]:
         """Where an interrupted upload stands: its newest URL and the next offset."""
@@ -708,13 +716,13 @@ class RegistryClient:
         new_location = self._absolute(reply.header("location") or location)
         return new_location, _range_end(reply.header("range"), 0)
 
-    def _finish(self, reply: _core.HttpReply, what: str, digest: str) -> None:
+    def _finish(self, reply: _core.HttpReply, what: str, digest: str, ref: str) -> None:
         if reply.status in (200, 201, 204):
             claimed = reply.header("docker-content-digest")
             if claimed is not None and claimed != digest:
                 raise DigestMismatchError(
                     f"{what}: the registry stored the blob as {claimed}",
-                    what,
+                    ref,
                     what="digest",
                     expected=digest,
                     actual=claimed,
@@ -723,7 +731,7 @@ class RegistryClient:
         code, _message = _error_code(reply.body)
         if code in ("BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID"):
             raise _UploadLost()
-        self._raise_for(reply, what, what)
+        self._raise_for(reply, what, ref)
 
 
 class _UploadLost(Exception):
