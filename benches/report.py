@@ -686,6 +686,61 @@ def store_targets(res: Results, add: Any) -> None:
                 r is not None and r >= 0.9,
                 fmt_ratio(r),
             )
+    registry_targets = (
+        ("push to an empty registry vs `skopeo copy`", "registry-push/empty", 1.5, "≥ 1.5x"),
+        (
+            "push of a second image sharing the layers, same repository, vs `skopeo copy`",
+            "registry-push/shared-layers",
+            1.0,
+            "no slower (≥ 1x)",
+        ),
+        (
+            "push to another repository of the registry vs `skopeo copy` (blob-info cache gone)",
+            "registry-push/other-repository",
+            10.0,
+            "≥ 10x",
+        ),
+        (
+            "pull into an empty store vs `skopeo copy` to an empty OCI dir",
+            "registry-pull/empty",
+            1.2,
+            "≥ 1.2x",
+        ),
+        (
+            "pull with the big layer already stored vs `skopeo copy` into a dir holding it",
+            "registry-pull/big-layer-stored",
+            1.0,
+            "no slower (≥ 1x)",
+        ),
+        ("push of one 1 GB blob vs `curl` PUT", "registry-blob/push-1g", 0.8, "≥ 80 % of curl"),
+        (
+            "pull of one 1 GB blob vs `curl` GET + `sync FILE`",
+            "registry-blob/pull-1g",
+            0.8,
+            "≥ 80 % of curl",
+        ),
+    )
+    for name, group, needed, required in registry_targets:
+        tree = (
+            "image 1 MB + 200 MB"
+            if group.startswith(("registry-push", "registry-pull"))
+            else ("blob-1g")
+        )
+        r = paired_ratio(res, group)
+        add(name, tree, required, r, r is not None and r >= needed, fmt_ratio(r))
+    b = res.subject("registry-rss/2g")
+    rss = b.info.get("rss_kib") if b is not None else None
+    for op in ("push", "pull"):
+        kib = rss.get(op) if isinstance(rss, dict) else None
+        mib = None if kib is None else kib / 1024
+        add(
+            f"peak RSS of `layercore {op}` moving a 2 GB layer (whole process)",
+            "layer-2g",
+            "< 100 MiB",
+            mib,
+            mib is not None and mib < 100,
+            f"{mib:.0f} MiB" if mib is not None else "",
+        )
 
 
 def targets_section(res: Results) -> list[str]:
@@ -732,12 +787,27 @@ def render(res: Results) -> str:
     return "\n".join(lines)
 
 
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs as one: the first run's machine info, every run's benchmarks, a group that
+    recurs taken from the last run that has it (each group's contenders always come from one
+    run, so its ratios stay side by side)."""
+    merged = dict(runs[0])
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for b in run.get("benchmarks", []):
+            groups.setdefault(b.get("group") or "", []).append(b)
+        by_group.update(groups)
+    merged["benchmarks"] = [b for rows in by_group.values() for b in rows]
+    return merged
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python benches/report.py BENCH_JSON OUT_MD", file=sys.stderr)
+    if len(argv) < 3:
+        print("usage: python benches/report.py BENCH_JSON [MORE_JSON...] OUT_MD", file=sys.stderr)
         return 2
-    bench_json, out_md = Path(argv[1]), Path(argv[2])
-    res = Results(json.loads(bench_json.read_text()))
+    inputs, out_md = [Path(a) for a in argv[1:-1]], Path(argv[-1])
+    res = Results(merge([json.loads(p.read_text()) for p in inputs]))
     notes = NOTES_MARKER + "\n"
     if out_md.exists():
         old = out_md.read_text()

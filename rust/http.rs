@@ -277,34 +277,7 @@ impl Client {
         };
         let resumed_from = if resumed { have } else { 0 };
         let mut body = response.into_body().into_reader();
-        let mut buf = vec![0u8; BUF_SIZE];
-        let mut moved = 0u64;
-        let mut since_check = 0u64;
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::Network {
-                        url: url.to_owned(),
-                        detail: format!("connection lost while receiving the body: {e}"),
-                        transferred: moved,
-                        retriable: true,
-                    })
-                }
-            };
-            file.write_all(&buf[..n])
-                .map_err(|e| Error::io(dest, "cannot write the download", e))?;
-            hasher.update(&buf[..n]);
-            moved += n as u64;
-            counter.add(n as u64);
-            since_check += n as u64;
-            if since_check >= CHECK_EVERY {
-                since_check = 0;
-                check()?;
-            }
-        }
+        let hasher = pipelined_receive(&mut body, &mut file, hasher, dest, url, counter, check)?;
         drop(file);
         let size = hasher.len();
         let digest = hasher.finish();
@@ -508,6 +481,88 @@ fn hash_prefix(file: &mut File, path: &Path, hasher: &mut Digester) -> Result<()
         }
         hasher.update(&buf[..n]);
     }
+}
+
+/// Buffers in flight between the receiving thread and the hashing one.
+const PIPELINE_BUFFERS: usize = 4;
+const PIPELINE_BUF: usize = 1 << 20;
+
+/// Receives the body into `file` on this thread while another hashes what has arrived: the
+/// socket read and file write (kernel copies) overlap the SHA-256. Done one after the other
+/// on one thread, a 1 GB pull over loopback took 1.3 s against curl's 0.98 s (hash ~0.6 s);
+/// `benches/test_registry.py::test_one_big_blob_pull` measures it against curl. Memory stays
+/// at `PIPELINE_BUFFERS` buffers whatever the blob's size. On a connection loss what arrived
+/// is in `file` (hashed or not, the next attempt re-hashes the prefix) and the error says how
+/// many bytes this attempt moved.
+fn pipelined_receive(
+    body: &mut dyn Read,
+    file: &mut File,
+    hasher: Digester,
+    dest: &Path,
+    url: &str,
+    counter: &Counter,
+    check: &dyn Fn() -> Result<()>,
+) -> Result<Digester> {
+    use std::sync::mpsc::sync_channel;
+    let (to_hasher, filled) = sync_channel::<(Vec<u8>, usize)>(PIPELINE_BUFFERS);
+    let (to_reader, empty) = sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
+    for _ in 0..PIPELINE_BUFFERS {
+        to_reader
+            .send(vec![0u8; PIPELINE_BUF])
+            .expect("the pool channel has room for every buffer");
+    }
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(move || {
+            let mut hasher = hasher;
+            for (buf, n) in filled {
+                hasher.update(&buf[..n]);
+                // The receiver may have stopped; its buffers are no longer wanted then.
+                let _ = to_reader.send(buf);
+            }
+            hasher
+        });
+        let received = (|| -> Result<()> {
+            let mut moved = 0u64;
+            let mut since_check = 0u64;
+            loop {
+                let mut buf = empty
+                    .recv()
+                    .expect("the hashing thread returns every buffer");
+                let n = loop {
+                    match body.read(&mut buf) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            return Err(Error::Network {
+                                url: url.to_owned(),
+                                detail: format!("connection lost while receiving the body: {e}"),
+                                transferred: moved,
+                                retriable: true,
+                            })
+                        }
+                    }
+                };
+                if n == 0 {
+                    return Ok(());
+                }
+                file.write_all(&buf[..n])
+                    .map_err(|e| Error::io(dest, "cannot write the download", e))?;
+                moved += n as u64;
+                counter.add(n as u64);
+                to_hasher
+                    .send((buf, n))
+                    .expect("the hashing thread runs until the channel closes");
+                since_check += n as u64;
+                if since_check >= CHECK_EVERY {
+                    since_check = 0;
+                    check()?;
+                }
+            }
+        })();
+        drop(to_hasher);
+        let hasher = hashing.join().expect("the hashing thread does not panic");
+        received.map(|()| hasher)
+    })
 }
 
 fn remove(path: &Path) -> Result<()> {

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["registry_fixtures"]
+
 IS_ROOT = os.geteuid() == 0
 
 

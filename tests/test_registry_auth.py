@@ -73,7 +73,9 @@ def _write(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj))
 
 
-def test_config_path_follows_docker_config(docker_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_path_follows_docker_config(
+    docker_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert config_path() == docker_config
     monkeypatch.delenv("DOCKER_CONFIG")
     monkeypatch.setenv("HOME", "/home/someone")
@@ -108,7 +110,7 @@ def test_broken_config_names_the_file(docker_config: Path) -> None:
         credentials_for("reg.example")
     assert e.value.path == str(docker_config)
     _write(docker_config, {"auths": {"reg.example": {"auth": "!!!notbase64"}}})
-    with pytest.raises(RegistryError, match="reg.example"):
+    with pytest.raises(RegistryError, match=r"reg\.example"):
         credentials_for("reg.example")
 
 

@@ -134,8 +134,8 @@ def register(commands: Commands) -> None:
         password is read from stdin with --password-stdin, else prompted for.
         """,
         [
-            'echo "$TOKEN" | layercore login ghcr.io -u me --password-stdin',
             "layercore login 127.0.0.1:5000 -u alice",
+            'echo "$TOKEN" | layercore login ghcr.io -u me --password-stdin',
         ],
     )
     p.add_argument("host", metavar="HOST", help="the registry: host[:port] (docker.io for Hub)")

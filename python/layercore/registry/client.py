@@ -617,6 +617,7 @@ class RegistryClient:
         ref = f"{self.registry}/{repository}@{digest}"
         what = "uploading the blob"
         scopes = [f"repository:{repository}:pull,push"]
+        lost: _UploadLost | None = None
         for _restart in range(self.retry.attempts):
             if location is None:
                 location, min_chunk = self._start_upload(repository, what, scopes)
@@ -627,11 +628,17 @@ class RegistryClient:
                     location, digest, path, size, (what, ref), scopes, min_chunk, counter
                 )
                 return
-            except _UploadLost:
+            except _UploadLost as e:
+                lost = e
                 location = None
                 continue
+        assert lost is not None
         raise RegistryError(
-            f"{what}: the registry lost the upload {self.retry.attempts} times", ref
+            f"{what}: {self.host} refused the upload {self.retry.attempts} times; last: "
+            f"{lost.reason}",
+            ref,
+            status=lost.status,
+            code=lost.code,
         )
 
     def _start_upload(self, repository: str, what: str, scopes: list[str]) -> tuple[str, int]:
@@ -675,7 +682,7 @@ class RegistryClient:
                     raise
                 # The registry may keep part of a PUT it never finished; a fresh upload is
                 # the only sure way on.
-                raise _UploadLost() from None
+                raise _UploadLost("the connection was lost during the PUT") from None
             self._finish(reply, what, digest, ref)
             return
         offset = 0
@@ -698,7 +705,7 @@ class RegistryClient:
                 location, offset = self._upload_status(location, what, scopes)
                 continue
             if reply.status == 416 or reply.status in (400, 404):
-                raise _UploadLost()
+                raise _UploadLost.of(reply, "a PATCH was refused")
             if reply.status != 202:
                 self._raise_for(reply, what, ref)
             location = self._absolute(reply.header("location") or location)
@@ -712,7 +719,7 @@ class RegistryClient:
         reply = self._call(what, scopes, lambda auth: self._http.request("GET", location, auth))
         if reply.status != 204 and not (200 <= reply.status < 300):
             # The registry no longer knows the upload (or refuses to resume it).
-            raise _UploadLost()
+            raise _UploadLost.of(reply, "the upload's status could not be read")
         new_location = self._absolute(reply.header("location") or location)
         return new_location, _range_end(reply.header("range"), 0)
 
@@ -730,12 +737,26 @@ class RegistryClient:
             return
         code, _message = _error_code(reply.body)
         if code in ("BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID"):
-            raise _UploadLost()
+            # DIGEST_INVALID: what the registry holds is not the blob (a cut-off request may
+            # have left part of a chunk there); the upload starts again from nothing.
+            raise _UploadLost.of(reply, "the closing PUT was refused")
         self._raise_for(reply, what, ref)
 
 
 class _UploadLost(Exception):
     """The registry no longer has the upload session (or its bytes are not the blob's)."""
+
+    def __init__(self, reason: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.status, self.code = reason, status, code
+
+    @classmethod
+    def of(cls, reply: _core.HttpReply, what: str) -> _UploadLost:
+        code, message = _error_code(reply.body)
+        detail = f"HTTP {reply.status}" + (f" {code}" if code else "")
+        if message:
+            detail += f": {message}"
+        return cls(f"{what} ({detail})", reply.status, code)
 
 
 def _range_end(value: str | None, default: int) -> int:
