@@ -484,6 +484,28 @@ def test_tls_with_a_ca_file_and_insecure(tls_registry: TlsRegistry, tmp_path: Pa
     assert pulled.digest == image.digest
 
 
+def test_tls_ca_from_certs_d(
+    tls_registry: TlsRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CA Docker and podman would trust for the host: ``certs.d/HOST/*.crt`` in either
+    place (searched here under tmp_path instead of /etc)."""
+    reg, tls = tls_registry.registry, tls_registry.tls
+    containers, docker = tmp_path / "containers-certs.d", tmp_path / "docker-certs.d"
+    monkeypatch.setattr(client, "_CERTS_DIRS", (containers, docker))
+    store = Store(tmp_path / "store")
+    image = make_image(store, tmp_path, "app:1", {"a": b"certs.d"})
+    with pytest.raises(NetworkError):
+        transfer.push(store, "app:1", f"{reg.host}/app:1", retry=FAST_RETRY)
+    (docker / reg.host).mkdir(parents=True)
+    (docker / reg.host / "ca.crt").write_bytes(Path(tls.ca_cert).read_bytes())
+    assert client.ca_files_for(reg.host) == [docker / reg.host / "ca.crt"]
+    assert store.push("app:1", f"{reg.host}/app:1").digest == image.digest
+    (docker / reg.host / "ca.crt").rename(tmp_path / "moved.crt")
+    (containers / reg.host).mkdir(parents=True)
+    (containers / reg.host / "registry-ca.crt").write_bytes((tmp_path / "moved.crt").read_bytes())
+    assert Store(tmp_path / "d").pull(f"{reg.host}/app:1").digest == image.digest
+
+
 # -- indexes and Docker manifests ---------------------------------------------------------------
 
 
