@@ -1,19 +1,21 @@
 """How the command line shows things: sizes and digests for people, borderless tables, and the
 JSON of layers and images (stable keys, exact byte counts).
 
-It may import the image model and rich's tables; it knows nothing of the store, the session or
-the parser.
+It may import the image model and rich's tables (when a table is made: a command that prints
+no table does not pay for importing rich); it knows nothing of the store, the session or the
+parser.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from layercore.image import Image
 from layercore.layer import Layer
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 __all__ = [
     "borderless_table",
@@ -51,6 +53,8 @@ def plural(count: int, noun: str) -> str:
 
 def borderless_table(*columns: str, right: Sequence[str] = ()) -> Table:
     """A borderless table with an upper-case header, ``docker images`` style."""
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
     for name in columns:
         table.add_column(name, justify="right" if name in right else "left", overflow="fold")

@@ -16,16 +16,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TransferSpeedColumn,
-)
-
 from layercore.cli.output import human_size, image_json, short_digest
 from layercore.cli.parser import Commands
 from layercore.cli.session import Session, UsageError
@@ -182,6 +172,16 @@ def _bars(transfers: Transfers, verb: str) -> Iterator[None]:
     if not sys.stderr.isatty():
         yield
         return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
     console = Console(file=sys.stderr, highlight=False, markup=False, emoji=False)
     columns = (
         TextColumn("{task.description}"),

@@ -4,7 +4,9 @@ parses but asks for something impossible, the ``layercore: error:`` line, and ho
 saves a changed image and reports it.
 
 Every command module imports it. It may import the store, the image model, rich and
-``cli.output``, nothing else of the command line.
+``cli.output``, nothing else of the command line. rich is imported only when something is
+drawn with it (a table, a progress display on a terminal): a command that prints plain lines
+starts without it.
 """
 
 from __future__ import annotations
@@ -14,24 +16,15 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeAlias
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from layercore.cli.output import image_json
 from layercore.image import Image
 from layercore.store import Store
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 __all__ = ["Handler", "Session", "UsageError", "out_tag", "print_error", "report_saved"]
 
@@ -47,16 +40,25 @@ class Session:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self._store: Store | None = None
-        tty = sys.stdout.isatty()
-        # Off a terminal: no colour codes, and no wrapping of long digests or paths.
-        self.console = Console(
-            file=sys.stdout,
-            highlight=False,
-            markup=False,
-            emoji=False,
-            no_color=not tty,
-            width=None if tty else 4096,
-        )
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        """rich's console on stdout, made on first use."""
+        if self._console is None:
+            from rich.console import Console
+
+            tty = sys.stdout.isatty()
+            # Off a terminal: no colour codes, and no wrapping of long digests or paths.
+            self._console = Console(
+                file=sys.stdout,
+                highlight=False,
+                markup=False,
+                emoji=False,
+                no_color=not tty,
+                width=None if tty else 4096,
+            )
+        return self._console
 
     @property
     def store(self) -> Store:
@@ -82,7 +84,8 @@ class Session:
         print(json.dumps(obj, indent=2), file=sys.stdout)
 
     def print(self, text: str = "") -> None:
-        self.console.print(text, soft_wrap=True)
+        # What rich's console would write with markup, highlighting and wrapping off.
+        print(text, file=sys.stdout)
 
     def print_table(self, table: Table) -> None:
         if self.console.is_terminal:
@@ -101,6 +104,16 @@ class Session:
         if not sys.stderr.isatty():
             yield lambda _done, _total: None
             return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         console = Console(file=sys.stderr, highlight=False, markup=False, emoji=False)
         columns = (
             TextColumn("{task.description}"),
@@ -120,6 +133,9 @@ class Session:
         if not sys.stderr.isatty():
             yield lambda _text: None
             return
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         console = Console(file=sys.stderr, highlight=False, markup=False, emoji=False)
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as bar:

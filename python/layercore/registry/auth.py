@@ -18,7 +18,6 @@ import binascii
 import json
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -224,6 +223,8 @@ def _helper_for(config: Mapping[str, Any], registry: str) -> str | None:
 def _run_helper(name: str, action: str, stdin: str, registry: str) -> str:
     """Runs ``docker-credential-NAME ACTION`` with ``stdin``; its output on success. The
     helper's output may hold the secret, so no message quotes it."""
+    import subprocess  # only when a helper runs: most commands never start one
+
     program = f"docker-credential-{name}"
     try:
         done = subprocess.run(

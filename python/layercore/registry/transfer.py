@@ -20,7 +20,6 @@ import functools
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -248,6 +247,8 @@ def _parallel(jobs: int, work: Iterable[Callable[[], None]]) -> None:
         for task in tasks:
             task()
         return
+    from concurrent.futures import ThreadPoolExecutor  # only for more than one transfer
+
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layercore-transfer") as pool:
         futures = [pool.submit(task) for task in tasks]
         errors = [f.exception() for f in futures]
