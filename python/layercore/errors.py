@@ -16,6 +16,7 @@ __all__ = [
     "CorruptImageError",
     "CorruptLayerError",
     "DigestMismatchError",
+    "DockerfileError",
     "ImageNotFoundError",
     "InvalidReferenceError",
     "LayerError",
@@ -164,3 +165,29 @@ class AuthenticationError(RegistryError, PermissionError):
 
 class ReferenceNotFoundError(RegistryError, LookupError):
     """The registry has no such repository, tag, manifest or blob."""
+
+
+class DockerfileError(LayerError, ValueError):
+    """A Dockerfile that cannot be parsed or built as written. ``path`` is the Dockerfile,
+    ``line`` and ``column`` (both from 1; ``column`` 0 when the whole line is at fault) where
+    the fault is, and the message says what was wrong there."""
+
+    def __init__(
+        self,
+        message: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        line: int = 0,
+        column: int = 0,
+    ) -> None:
+        super().__init__(message, path)
+        self.line = line
+        self.column = column
+
+    def __str__(self) -> str:
+        where = self.path or "Dockerfile"
+        if self.line:
+            where += f":{self.line}"
+            if self.column:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"

@@ -1,0 +1,23 @@
+"""The Dockerfile builder: from a Dockerfile and a context to an image in the store.
+
+This subpackage sits above the store and the registry client: it may import ``layercore.store``,
+``image``, ``layer``, ``stack``, ``registry`` and ``errors``; nothing below it imports it.
+
+- ``lexer``: BuildKit's shell-word lexer (quotes, escapes, ``$V``/``${V:-w}`` substitution);
+- ``dockerfile``: the Dockerfile parser (directives, continuations, comments, heredocs, exec
+  and shell forms, instruction flags), every instruction with its line and column.
+"""
+
+from layercore.build.dockerfile import Dockerfile, Heredoc, Instruction, parse_dockerfile
+from layercore.build.lexer import ShellLexer, SubstitutionResult
+from layercore.errors import DockerfileError
+
+__all__ = [
+    "Dockerfile",
+    "DockerfileError",
+    "Heredoc",
+    "Instruction",
+    "ShellLexer",
+    "SubstitutionResult",
+    "parse_dockerfile",
+]
