@@ -462,12 +462,10 @@ def _words(rest: str, escape: str) -> list[str]:
             if ch == quote:
                 quote = ""
             elif ch == escape and quote != "'":
-                if i + 1 >= n:
-                    i += 1
-                    continue
-                word += ch
-                i += 1
-                ch = rest[i]
+                # An escape at the very end is dropped; otherwise it stays with what it escapes.
+                word += rest[i : i + 2] if i + 1 < n else ""
+                i += 2
+                continue
             word += ch
             i += 1
             continue
@@ -481,12 +479,9 @@ def _words(rest: str, escape: str) -> list[str]:
         if ch in "'\"":
             quote, blank_ok = ch, True
         elif ch == escape:
-            if i + 1 >= n:
-                i += 1
-                continue
-            word += ch
-            i += 1
-            ch = rest[i]
+            word += rest[i : i + 2] if i + 1 < n else ""
+            i += 2
+            continue
         word += ch
         i += 1
     if in_word and (word or blank_ok):
