@@ -5,7 +5,8 @@ This subpackage sits above the store and the registry client: it may import ``la
 
 - ``lexer``: BuildKit's shell-word lexer (quotes, escapes, ``$V``/``${V:-w}`` substitution);
 - ``dockerfile``: the Dockerfile parser (directives, continuations, comments, heredocs, exec
-  and shell forms, instruction flags), every instruction with its line and column.
+  and shell forms, instruction flags), every instruction with its line and column;
+- ``context``: ``.dockerignore`` rules and the files a ``COPY`` source names in the context.
 """
 
 from layercore.build.dockerfile import Dockerfile, Heredoc, Instruction, parse_dockerfile
