@@ -7,7 +7,9 @@ This subpackage sits above the store and the registry client: it may import ``la
 - ``dockerfile``: the Dockerfile parser (directives, continuations, comments, heredocs, exec
   and shell forms, instruction flags), every instruction with its line and column;
 - ``context``: ``.dockerignore`` rules and the files a ``COPY`` source names in the context;
-- ``stages``: the stages, meta args, dependencies and target of a build (``plan_build``).
+- ``stages``: the stages, meta args, dependencies and target of a build (``plan_build``);
+- ``metadata``: what ``ENV``, ``ARG``, ``LABEL``, ``CMD`` ... do to a stage's config, and the
+  history lines BuildKit writes for them (``StageState``).
 """
 
 from layercore.build.dockerfile import Dockerfile, Heredoc, Instruction, parse_dockerfile
