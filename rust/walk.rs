@@ -29,6 +29,8 @@ pub enum Owner {
     Root,
     /// The files' own uid/gid, and their names from the passwd/group databases.
     Keep,
+    /// This uid and gid for every entry, without names (`COPY --chown=1000:1000`).
+    Fixed { uid: u64, gid: u64 },
 }
 
 impl Owner {
@@ -324,6 +326,7 @@ impl Walker<'_> {
         };
         let (uid, gid, uname, gname) = match self.options.owner {
             Owner::Root => (0, 0, Vec::new(), Vec::new()),
+            Owner::Fixed { uid, gid } => (uid, gid, Vec::new(), Vec::new()),
             Owner::Keep => {
                 let uname = self
                     .users

@@ -28,6 +28,8 @@ pub struct BuildOptions {
     pub owner: Owner,
     /// Compression threads; `None` uses every core.
     pub threads: Option<usize>,
+    /// Where the tree goes in the layer, and what its entries' modes become.
+    pub placement: Placement,
 }
 
 impl Default for BuildOptions {
@@ -38,7 +40,67 @@ impl Default for BuildOptions {
             source_date_epoch: None,
             owner: Owner::Root,
             threads: None,
+            placement: Placement::default(),
         }
+    }
+}
+
+/// A directory entry the layer carries before the walked tree: one of the directories the
+/// tree is placed under, with the attributes it is to have when extracted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacedDir {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+}
+
+/// Puts the walked tree under a directory of the layer (what `COPY src /app/` needs): every
+/// entry `x` becomes `prefix/x`, hardlink targets too; the prefix's directories are written
+/// first, one [`PlacedDir`] per component; `mode` replaces the permission bits of every walked
+/// entry but symlinks (`COPY --chmod`).
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    /// `/`-separated, relative, without `.`, `..` or empty components; empty for the root.
+    pub prefix: Vec<u8>,
+    /// One per component of `prefix`, outermost first.
+    pub dirs: Vec<PlacedDir>,
+    pub mode: Option<u32>,
+}
+
+impl Placement {
+    /// Checks the prefix is a clean relative path with one directory per component.
+    pub fn validate(&self) -> Result<()> {
+        let components: Vec<&[u8]> = if self.prefix.is_empty() {
+            Vec::new()
+        } else {
+            self.prefix.split(|&b| b == b'/').collect()
+        };
+        if components
+            .iter()
+            .any(|c| c.is_empty() || *c == b"." || *c == b"..")
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the prefix {:?} is not a clean relative path",
+                String::from_utf8_lossy(&self.prefix)
+            )));
+        }
+        if components.len() != self.dirs.len() {
+            return Err(Error::InvalidArgument(format!(
+                "the prefix {:?} has {} components but {} directories were given for them",
+                String::from_utf8_lossy(&self.prefix),
+                components.len(),
+                self.dirs.len()
+            )));
+        }
+        if let Some(mode) = self.mode {
+            if mode > 0o7777 {
+                return Err(Error::InvalidArgument(format!(
+                    "mode {mode:o} has bits beyond 07777"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -64,6 +126,7 @@ pub fn build_from_dir(
     options: &BuildOptions,
     check: &(dyn Fn() -> Result<()> + Sync),
 ) -> Result<LayerDescriptor> {
+    options.placement.validate()?;
     // Fail on a missing or non-directory source before creating anything.
     let meta = std::fs::metadata(src).map_err(|e| Error::io(src, "cannot stat source", e))?;
     if !meta.is_dir() {
@@ -108,7 +171,7 @@ pub fn build_from_dir(
                 walked
             })
             .expect("spawn walker");
-        let produced = produce(walk_rx, &mut writer, check);
+        let produced = produce(walk_rx, &mut writer, &options.placement, check);
         (produced, walker.join().expect("walker thread panicked"))
     });
     // The first real failure wins: a walk error ends the entry stream early, so it must win
@@ -129,10 +192,36 @@ pub fn build_from_dir(
 fn produce(
     walk_rx: Receiver<Vec<WalkEvent>>,
     writer: &mut LayerWriter,
+    placement: &Placement,
     check: &(dyn Fn() -> Result<()> + Sync),
 ) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let mut name = Vec::new();
+    // The directories the tree is placed under come first, outermost first.
+    let mut base = Vec::new();
+    if !placement.prefix.is_empty() {
+        for (component, dir) in placement.prefix.split(|&b| b == b'/').zip(&placement.dirs) {
+            base.extend_from_slice(component);
+            base.push(b'/');
+            let spec = HeaderSpec {
+                name: &base,
+                typeflag: header::DIRTYPE,
+                mode: dir.mode,
+                uid: dir.uid,
+                gid: dir.gid,
+                size: 0,
+                mtime: dir.mtime,
+                linkname: b"",
+                uname: b"",
+                gname: b"",
+                devmajor: 0,
+                devminor: 0,
+                xattrs: &[],
+            };
+            writer.append_empty(&spec)?;
+        }
+    }
+    let mut linkname = Vec::new();
     for batch in walk_rx {
         check()?;
         for event in batch {
@@ -144,10 +233,20 @@ fn produce(
                 }
             };
             name.clear();
+            name.extend_from_slice(&base);
             name.extend_from_slice(&entry.rel);
             if entry.kind == EntryKind::Dir {
                 name.push(b'/');
             }
+            linkname.clear();
+            if entry.kind == EntryKind::Hardlink {
+                linkname.extend_from_slice(&base);
+            }
+            linkname.extend_from_slice(&entry.linkname);
+            let mode = match placement.mode {
+                Some(mode) if entry.kind != EntryKind::Symlink => mode,
+                _ => entry.mode,
+            };
             let typeflag = match entry.kind {
                 EntryKind::File | EntryKind::Whiteout | EntryKind::Opaque => header::REGTYPE,
                 EntryKind::Hardlink => header::LNKTYPE,
@@ -167,12 +266,12 @@ fn produce(
             let spec = HeaderSpec {
                 name: &name,
                 typeflag,
-                mode: entry.mode,
+                mode,
                 uid: entry.uid,
                 gid: entry.gid,
                 size: entry.size,
                 mtime: entry.mtime,
-                linkname: &entry.linkname,
+                linkname: &linkname,
                 uname: &entry.uname,
                 gname: &entry.gname,
                 devmajor: entry.devmajor,
@@ -231,6 +330,145 @@ mod tests {
         let mut d = Digester::new();
         d.update(bytes);
         d.finish()
+    }
+
+    /// (name, typeflag, mode, uid, gid, mtime, linkname) of every entry of a plain tar layer.
+    fn headers(out: &Path) -> Vec<(String, u8, u32, u64, u64, i64, String)> {
+        let mut rows = Vec::new();
+        crate::layer::scan(out, |e| {
+            rows.push((
+                String::from_utf8_lossy(&e.path).into_owned(),
+                e.kind as u8,
+                e.mode,
+                e.uid,
+                e.gid,
+                e.mtime,
+                String::from_utf8_lossy(e.linkname.as_deref().unwrap_or_default()).into_owned(),
+            ));
+            Ok(())
+        })
+        .unwrap();
+        rows
+    }
+
+    #[test]
+    fn placement_puts_the_tree_under_its_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        tree(&src);
+        let out = dir.path().join("placed.tar");
+        let options = BuildOptions {
+            compression: Compression::None,
+            source_date_epoch: Some(1000),
+            owner: Owner::Fixed {
+                uid: 1000,
+                gid: 100,
+            },
+            placement: Placement {
+                prefix: b"srv/app".to_vec(),
+                dirs: vec![
+                    PlacedDir {
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                        mtime: 5,
+                    },
+                    PlacedDir {
+                        mode: 0o750,
+                        uid: 1000,
+                        gid: 100,
+                        mtime: 6,
+                    },
+                ],
+                mode: Some(0o640),
+            },
+            ..BuildOptions::default()
+        };
+        build_from_dir(&src, &out, &options, &no_check).unwrap();
+        let rows = headers(&out);
+        let plain = dir.path().join("plain.tar");
+        build(&src, &plain, Compression::None, 1);
+        let unplaced = headers(&plain);
+        assert_eq!(rows.len(), unplaced.len() + 2);
+        assert_eq!(rows[0].0, "srv");
+        assert_eq!((rows[0].2, rows[0].3, rows[0].5), (0o755, 0, 5));
+        assert_eq!(rows[1].0, "srv/app");
+        assert_eq!(
+            (rows[1].2, rows[1].3, rows[1].4, rows[1].5),
+            (0o750, 1000, 100, 6)
+        );
+        for (placed, plain) in rows[2..].iter().zip(&unplaced) {
+            assert_eq!(placed.0, format!("srv/app/{}", plain.0));
+            assert_eq!((placed.3, placed.4), (1000, 100));
+            assert_eq!(placed.5, plain.5.min(1000));
+            match plain.1 {
+                k if k == EntryKind::Symlink as u8 => {
+                    assert_eq!(placed.6, plain.6); // a symlink's target is left alone
+                }
+                k if k == EntryKind::Hardlink as u8 => {
+                    assert_eq!(placed.6, format!("srv/app/{}", plain.6));
+                    assert_eq!(placed.2, 0o640);
+                }
+                _ => assert_eq!(placed.2, 0o640),
+            }
+        }
+        // GNU tar extracts it: the hardlink's target resolves inside the placed tree.
+        let x = dir.path().join("x");
+        std::fs::create_dir(&x).unwrap();
+        let done = Command::new("tar")
+            .arg("-xf")
+            .arg(&out)
+            .arg("-C")
+            .arg(&x)
+            .output()
+            .unwrap();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        assert_eq!(
+            std::fs::read(x.join("srv/app/a-b/x-link")).unwrap(),
+            b"hello"
+        );
+    }
+
+    #[test]
+    fn placement_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        tree(&src);
+        let dirs = |n: usize| {
+            vec![
+                PlacedDir {
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                };
+                n
+            ]
+        };
+        for (prefix, count, mode) in [
+            (&b"a/../b"[..], 3, None),
+            (b"/abs", 2, None),
+            (b"a//b", 3, None),
+            (b"a/b", 1, None),
+            (b"a", 1, Some(0o17777)),
+        ] {
+            let options = BuildOptions {
+                placement: Placement {
+                    prefix: prefix.to_vec(),
+                    dirs: dirs(count),
+                    mode,
+                },
+                ..BuildOptions::default()
+            };
+            let out = dir.path().join("bad");
+            let err = build_from_dir(&src, &out, &options, &no_check).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+            assert!(!out.exists());
+        }
     }
 
     #[test]

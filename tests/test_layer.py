@@ -556,3 +556,50 @@ def test_sha256_file_of_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SourceNotFoundError):
         layercore.sha256_file(tmp_path / "missing")
     shutil.rmtree(tmp_path)
+
+
+def test_under_places_the_tree_with_owner_and_mode_overrides(tmp_path: Path) -> None:
+    """What `COPY --chown=1000:100 --chmod=640 src /srv/app/` writes: the tree under srv/app,
+    the two directories first with the attributes given, every entry owned by 1000:100 with
+    mode 0640 (a symlink keeps its own), hardlinks pointing inside the placed tree."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("f")
+    os.link(src / "sub" / "f", src / "g")
+    os.symlink("sub/f", src / "link")
+    layer = Layer.from_dir(
+        src,
+        tmp_path / "layer.tar",
+        compression=None,
+        source_date_epoch=100,
+        owner=(1000, 100),
+        under="srv/app",
+        under_dirs=[layercore.DirAttrs(0o755, 0, 0, 7), layercore.DirAttrs(0o700, 1000, 100, 8)],
+        chmod=0o640,
+    )
+    rows = [(e.path, e.kind, e.mode, e.uid, e.gid, e.mtime, e.linkname) for e in layer.entries()]
+    assert rows[:2] == [
+        ("srv", "dir", 0o755, 0, 0, 7, None),
+        ("srv/app", "dir", 0o700, 1000, 100, 8, None),
+    ]
+    by_path = {r[0]: r for r in rows}
+    [link] = [r for r in rows if r[1] == "hardlink"]
+    assert link[2:5] == (0o640, 1000, 100)
+    assert link[6] in ("srv/app/g", "srv/app/sub/f") and link[6] != link[0]
+    assert by_path["srv/app/link"][6] == "sub/f"
+    assert by_path["srv/app/sub"][1:5] == ("dir", 0o640, 1000, 100)
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "-xf", str(layer.path), "-C", str(out)], check=True)
+    assert (out / "srv/app/sub/f").read_text() == "f"
+    # The default for the directories: 0755, root, the source_date_epoch.
+    plain = Layer.from_dir(
+        src, tmp_path / "p.tar", compression=None, source_date_epoch=5, under="a"
+    )
+    first = next(iter(plain.entries()))
+    assert (first.path, first.mode, first.uid, first.mtime) == ("a", 0o755, 0, 5)
+    with pytest.raises(ValueError, match="not a clean relative path"):
+        Layer.from_dir(src, tmp_path / "bad", under="a/../b")
+    with pytest.raises(ValueError, match="under_dirs gives 1"):
+        Layer.from_dir(src, tmp_path / "bad", under="a/b", under_dirs=[layercore.DirAttrs()])
+    assert not (tmp_path / "bad").exists()

@@ -22,7 +22,7 @@ from layercore.errors import (
     UnsupportedEntryError,
 )
 from layercore.image import Descriptor, HistoryEntry, Image, RuntimeConfig
-from layercore.layer import Layer
+from layercore.layer import DirAttrs, Layer
 from layercore.stack import Change, Stack
 from layercore.store import DiskUsage, GcReport, ImageUsage, Store
 from layercore.version import BuildInfo, __version__, build_info
@@ -37,6 +37,7 @@ __all__ = [
     "Descriptor",
     "DigestMismatchError",
     "Digester",
+    "DirAttrs",
     "DiskUsage",
     "Entry",
     "GcReport",

@@ -48,6 +48,10 @@ def build_layer_from_dir(
     source_date_epoch: int | None,
     owner: str,
     threads: int | None,
+    chown: tuple[int, int] | None = None,
+    under: str | None = None,
+    under_dirs: list[tuple[int, int, int, int]] = ...,
+    chmod: int | None = None,
 ) -> tuple[dict[str, object], list[str]]: ...
 def describe_layer(path: str) -> dict[str, object]: ...
 def verify_layer(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -16,11 +17,22 @@ from layercore.errors import LayerWarning
 if TYPE_CHECKING:
     from layercore.stack import Stack
 
-__all__ = ["Compression", "Entry", "Layer", "Owner"]
+__all__ = ["Compression", "DirAttrs", "Entry", "Layer", "Owner"]
 
 Compression = Literal["gzip", "zstd"] | None
 Owner = Literal["root", "keep"]
 StrPath = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class DirAttrs:
+    """What a directory a layer carries is to have when extracted: permission bits, owner
+    and mtime (seconds since the epoch)."""
+
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,8 +63,11 @@ class Layer:
         compression: Compression = "gzip",
         level: int | None = None,
         source_date_epoch: int | None = None,
-        owner: Owner = "root",
+        owner: Owner | tuple[int, int] = "root",
         threads: int | None = None,
+        under: str | None = None,
+        under_dirs: Sequence[DirAttrs] | None = None,
+        chmod: int | None = None,
     ) -> Layer:
         """Writes the directory ``src`` as a layer blob at ``out``, in one streaming pass.
 
@@ -60,13 +75,35 @@ class Layer:
         the same tree and options give the same bytes on any machine and with any ``threads``.
         ``compression`` is ``"gzip"``, ``"zstd"`` or ``None`` (plain tar); ``level`` defaults to
         1 for gzip and 3 for zstd. ``owner="root"`` writes uid/gid 0 without names,
-        ``owner="keep"`` the files' own. ``source_date_epoch`` clamps mtimes. ``threads``
-        defaults to every core. The blob appears at ``out`` only once it is complete.
-        Sockets are skipped with a :class:`~layercore.errors.LayerWarning`.
+        ``owner="keep"`` the files' own, ``owner=(uid, gid)`` those numbers without names.
+        ``source_date_epoch`` clamps mtimes. ``threads`` defaults to every core. The blob
+        appears at ``out`` only once it is complete. Sockets are skipped with a
+        :class:`~layercore.errors.LayerWarning`.
+
+        ``under="srv/app"`` places the tree in that directory of the layer (what
+        ``COPY src /srv/app/`` writes): ``x`` becomes ``srv/app/x``, and the layer starts with
+        an entry for each directory of the path, with the :class:`DirAttrs` of
+        ``under_dirs`` (one per component; by default 0755, root, and the
+        ``source_date_epoch`` or the current time). ``chmod`` replaces the permission bits of
+        every entry of the tree but symlinks (``COPY --chmod``).
         """
         out_path = Path(out)
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
+        components = [c for c in (under or "").split("/") if c]
+        if under is not None and "/".join(components) != under.strip("/"):
+            raise ValueError(f"under={under!r} is not a clean relative path")
+        if under_dirs is None:
+            now = source_date_epoch if source_date_epoch is not None else int(time.time())
+            under_dirs = [DirAttrs(mtime=now)] * len(components)
+        if len(under_dirs) != len(components):
+            raise ValueError(
+                f"under={under!r} has {len(components)} directories, but under_dirs gives "
+                f"{len(under_dirs)}"
+            )
+        chown = None
+        if isinstance(owner, tuple):
+            chown, owner = owner, "root"
         descriptor, skipped = _core.build_layer_from_dir(
             os.fspath(src),
             os.fspath(out_path),
@@ -75,6 +112,10 @@ class Layer:
             source_date_epoch=source_date_epoch,
             owner=owner,
             threads=threads,
+            chown=chown,
+            under="/".join(components) or None,
+            under_dirs=[(d.mode, d.uid, d.gid, d.mtime) for d in under_dirs],
+            chmod=chmod,
         )
         for message in skipped:
             warnings.warn(message, LayerWarning, stacklevel=2)

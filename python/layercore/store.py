@@ -26,7 +26,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,7 +54,7 @@ from layercore.image import (
     layer_compression,
     sha256_digest,
 )
-from layercore.layer import Compression, Layer, Owner, StrPath
+from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
 
 if TYPE_CHECKING:
     from layercore.registry.transfer import PushResult, Transfers
@@ -288,8 +288,11 @@ class Store:
         compression: Compression = "gzip",
         level: int | None = None,
         source_date_epoch: int | None = None,
-        owner: Owner = "root",
+        owner: Owner | tuple[int, int] = "root",
         threads: int | None = None,
+        under: str | None = None,
+        under_dirs: Sequence[DirAttrs] | None = None,
+        chmod: int | None = None,
     ) -> Layer:
         """Writes the directory ``src`` as a layer straight into the store (see
         :meth:`Layer.from_dir <layercore.Layer.from_dir>` for the options); an identical blob
@@ -303,6 +306,9 @@ class Store:
                 source_date_epoch=source_date_epoch,
                 owner=owner,
                 threads=threads,
+                under=under,
+                under_dirs=under_dirs,
+                chmod=chmod,
             )
             return self._adopt(tmp, layer)
 

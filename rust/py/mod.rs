@@ -76,14 +76,17 @@ pub(crate) fn build_options(
         source_date_epoch,
         owner: Owner::parse(owner).map_err(to_pyerr)?,
         threads,
+        placement: writer::Placement::default(),
     })
 }
 
 /// Builds a layer from a directory; returns its descriptor and the warnings of the walk.
 /// (The arguments mirror `Layer.from_dir` one to one.)
+/// `chown` (uid, gid) overrides `owner`; `under` and `under_dirs` (mode, uid, gid, mtime per
+/// component) and `chmod` are the [`writer::Placement`].
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
-#[pyo3(signature = (src, out, *, compression, level, source_date_epoch, owner, threads))]
+#[pyo3(signature = (src, out, *, compression, level, source_date_epoch, owner, threads, chown=None, under=None, under_dirs=Vec::new(), chmod=None))]
 fn build_layer_from_dir<'py>(
     py: Python<'py>,
     src: PathBuf,
@@ -93,8 +96,28 @@ fn build_layer_from_dir<'py>(
     source_date_epoch: Option<i64>,
     owner: &str,
     threads: Option<usize>,
+    chown: Option<(u64, u64)>,
+    under: Option<&str>,
+    under_dirs: Vec<(u32, u64, u64, i64)>,
+    chmod: Option<u32>,
 ) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
-    let options = build_options(compression, level, source_date_epoch, owner, threads)?;
+    let mut options = build_options(compression, level, source_date_epoch, owner, threads)?;
+    if let Some((uid, gid)) = chown {
+        options.owner = Owner::Fixed { uid, gid };
+    }
+    options.placement = writer::Placement {
+        prefix: under.unwrap_or_default().as_bytes().to_vec(),
+        dirs: under_dirs
+            .into_iter()
+            .map(|(mode, uid, gid, mtime)| writer::PlacedDir {
+                mode,
+                uid,
+                gid,
+                mtime,
+            })
+            .collect(),
+        mode: chmod,
+    };
     let d = detached(py, |check| {
         writer::build_from_dir(&src, &out, &options, check)
     })?;
