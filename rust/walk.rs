@@ -29,6 +29,9 @@ pub enum Owner {
     Root,
     /// The files' own uid/gid, and their names from the passwd/group databases.
     Keep,
+    /// The files' own uid/gid without names (a build step's changes: names are the image's
+    /// business, not the host's).
+    Numeric,
     /// This uid and gid for every entry, without names (`COPY --chown=1000:1000`).
     Fixed { uid: u64, gid: u64 },
 }
@@ -38,8 +41,9 @@ impl Owner {
         match s {
             "root" => Ok(Owner::Root),
             "keep" => Ok(Owner::Keep),
+            "numeric" => Ok(Owner::Numeric),
             other => Err(Error::InvalidArgument(format!(
-                "unknown owner policy {other:?}: expected 'root' or 'keep'"
+                "unknown owner policy {other:?}: expected 'root', 'keep' or 'numeric'"
             ))),
         }
     }
@@ -327,6 +331,7 @@ impl Walker<'_> {
         let (uid, gid, uname, gname) = match self.options.owner {
             Owner::Root => (0, 0, Vec::new(), Vec::new()),
             Owner::Fixed { uid, gid } => (uid, gid, Vec::new(), Vec::new()),
+            Owner::Numeric => (st.st_uid as u64, st.st_gid as u64, Vec::new(), Vec::new()),
             Owner::Keep => {
                 let uname = self
                     .users

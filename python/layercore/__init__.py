@@ -4,7 +4,7 @@ Importing the package stays cheap: it loads the engine and the image model, neve
 command line (argparse, rich), which ``layercore.cli`` imports when it runs.
 """
 
-from layercore import errors
+from layercore import build, errors
 from layercore._core import Digester, Entry, build_profile, chain_id, sha256_file
 from layercore.container import Container, ContainerEntry
 from layercore.diff import from_diff, from_overlay_upper
@@ -57,6 +57,7 @@ __all__ = [
     "TruncatedLayerError",
     "UnsupportedEntryError",
     "__version__",
+    "build",
     "build_info",
     "build_profile",
     "chain_id",

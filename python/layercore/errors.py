@@ -13,6 +13,7 @@ import os
 
 __all__ = [
     "AuthenticationError",
+    "BuildError",
     "CorruptImageError",
     "CorruptLayerError",
     "DigestMismatchError",
@@ -191,3 +192,33 @@ class DockerfileError(LayerError, ValueError):
             if self.column:
                 where += f":{self.column}"
         return f"{where}: {self.message}"
+
+
+class BuildError(LayerError):
+    """A build step that failed: ``stage`` and ``line`` say where, ``command`` what ran,
+    ``exit_code`` how it ended (None when it could not start) and ``output`` its last lines."""
+
+    def __init__(
+        self,
+        message: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        stage: str = "",
+        line: int = 0,
+        command: str = "",
+        exit_code: int | None = None,
+        output: str = "",
+    ) -> None:
+        super().__init__(message, path)
+        self.stage = stage
+        self.line = line
+        self.command = command
+        self.exit_code = exit_code
+        self.output = output
+
+    def __str__(self) -> str:
+        where = f"{self.path or 'Dockerfile'}:{self.line}" if self.line else (self.path or "")
+        text = f"{where}: {self.message}" if where else self.message
+        if self.output:
+            text += "\n" + self.output.rstrip("\n")
+        return text

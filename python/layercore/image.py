@@ -691,6 +691,33 @@ class Image:
         config["created"] = timestamp
         return self._build(config, self._layer_descriptors(), list(self.layers), self._manifest)
 
+    def with_runtime_config(
+        self,
+        run: Mapping[str, Any],
+        *,
+        created_by: str | None = None,
+        comment: str | None = None,
+        created: Created = None,
+        author: str | None = None,
+        history: bool = True,
+    ) -> Image:
+        """This image with its runtime ``config`` object replaced by ``run`` as given (Go-style
+        keys: ``Env``, ``Cmd``, ``Healthcheck``, ``OnBuild``, ``Shell`` ...; None values are
+        dropped), what a Dockerfile builder computes for a metadata instruction. With
+        ``history``, one ``empty_layer`` history entry is added; ``author`` sets the image's
+        ``author``."""
+        config = self._config_for_change()
+        config["config"] = {k: v for k, v in run.items() if v is not None}
+        if author is not None:
+            config["author"] = author
+        timestamp = _timestamp(created)
+        if history:
+            entries = self._padded_history(config)
+            entries.append(HistoryEntry(timestamp, created_by, comment, empty_layer=True).to_json())
+            config["history"] = entries
+            config["created"] = timestamp
+        return self._build(config, self._layer_descriptors(), list(self.layers), self._manifest)
+
     def flatten(
         self,
         out: StrPath,

@@ -25,6 +25,8 @@ import fcntl
 import json
 import os
 import re
+import shutil
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -58,6 +60,7 @@ from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
 
 if TYPE_CHECKING:
     from layercore.registry.transfer import PushResult, Transfers
+    from layercore.stack import Stack
 
 __all__ = [
     "REF_NAME",
@@ -593,6 +596,8 @@ class Store:
             for name, size in _files(self._tmp):
                 (self._tmp / name).unlink(missing_ok=True)
                 freed += size
+            for leftover in self._tmp.glob("*.d"):
+                _remove_tree(leftover)
             if removed:
                 fsync_dir(self._blobs)
         return GcReport(sorted(removed), freed)
@@ -826,6 +831,45 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
         return actual, size
+
+    @contextmanager
+    def workspace(self, name: str = "work") -> Iterator[Path]:
+        """A new empty directory in the store's file system for a build step's scratch files
+        (a staged copy, a root filesystem), removed with everything in it on exit; one left by
+        a process that died is removed by :meth:`gc`. Holds :meth:`writing` throughout."""
+        with self.writing():
+            path = self._tmp_path(f".{name}.d")
+            path.mkdir()
+            try:
+                yield path
+            finally:
+                _remove_tree(path)
+
+    def diff_layer(
+        self,
+        lower: StrPath | Stack,
+        upper: StrPath,
+        *,
+        compression: Compression = "gzip",
+        level: int | None = None,
+        source_date_epoch: int | None = None,
+        owner: Owner = "root",
+        threads: int | None = None,
+    ) -> Layer:
+        """Writes the changeset from ``lower`` to the directory ``upper`` as a layer straight
+        into the store (see :meth:`Layer.from_diff <layercore.Layer.from_diff>`)."""
+        with self.writing(), self._new_layer() as tmp:
+            layer = Layer.from_diff(
+                lower,
+                upper,
+                tmp,
+                compression=compression,
+                level=level,
+                source_date_epoch=source_date_epoch,
+                owner=owner,
+                threads=threads,
+            )
+            return self._adopt(tmp, layer)
 
     @contextmanager
     def _new_layer(self) -> Iterator[Path]:
@@ -1190,6 +1234,23 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 def _stamp_text(st: os.stat_result) -> str:
     return " ".join(str(v) for v in _stat_key(st)) + "\n"
+
+
+def _remove_tree(path: Path) -> None:
+    """Removes a scratch tree, making read-only directories in it writable first (a build
+    step may leave some)."""
+
+    def retry(func: Callable[..., Any], target: str, _exc: object) -> None:
+        try:
+            os.chmod(os.path.dirname(target), 0o700)
+            func(target)
+        except FileNotFoundError:
+            pass
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)
 
 
 def _files(directory: Path) -> Iterator[tuple[str, int]]:

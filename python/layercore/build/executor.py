@@ -1,0 +1,834 @@
+"""Running a build: each needed stage, instruction by instruction, into images in the store.
+
+- **FROM** ``scratch``, an earlier stage, a tag or digest the store holds, else a registry
+  reference (pulled once). A ``--platform`` other than this machine's is an error. The base
+  image's ``ONBUILD`` triggers run first.
+- **Metadata** instructions change the config through
+  :class:`~layercore.build.metadata.StageState` and add an ``empty_layer`` history entry.
+- **WORKDIR** sets the working directory and, unless it is ``/``, writes a layer holding it
+  (created 0755 and owned by the stage's ``USER``, as BuildKit does; existing directories keep
+  their attributes).
+- **COPY** and **ADD** (local sources) stage what they select in a scratch directory of the
+  store, hard-linked where the file system allows (nothing of a source is changed: owner and
+  mode overrides are applied as the layer is written), then write it as one layer placed at
+  the destination (:meth:`Layer.from_dir <layercore.Layer.from_dir>` with ``under``). Docker's
+  rules: a directory's contents are copied; the destination is a directory when it ends in
+  ``/``, when there are several sources, or when the image has a directory there; relative
+  destinations are under ``WORKDIR``. ``--from`` reads another stage's (or an image's) tree,
+  ``--chown`` takes ids or names from the image's ``/etc/passwd`` and ``/etc/group``,
+  ``--chmod`` octal bits, ``--exclude`` patterns. ``ADD`` unpacks local tar archives.
+- **RUN** extracts the stage's tree into a scratch root filesystem (kept for the next ``RUN``
+  of the stage, with the layers written since applied to it), runs the command there with
+  ``bwrap`` (new mount, PID, IPC and UTS namespaces; the network unless ``--network=none``;
+  ``/proc``, ``/dev``, and the host's ``/etc/hosts`` and ``/etc/resolv.conf`` mounted in and
+  their mount points removed again), streams its output, and writes what changed as a layer
+  (:meth:`Store.diff_layer <layercore.Store.diff_layer>`).
+
+History entries are BuildKit's (``comment: buildkit.dockerfile.v0``); ``source_date_epoch``
+sets every ``created`` and clamps the mtimes the layers carry.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+import tarfile
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from layercore.build.context import (
+    IgnoreRules,
+    ignore_file_for,
+    read_ignore_file,
+    resolve_sources,
+)
+from layercore.build.dockerfile import Dockerfile, Instruction, parse_dockerfile
+from layercore.build.metadata import BUILDKIT_COMMENT, METADATA, StageState
+from layercore.build.stages import BuildPlan, Stage, plan_build
+from layercore.errors import (
+    BuildError,
+    DockerfileError,
+    ImageNotFoundError,
+    SourceNotFoundError,
+)
+from layercore.image import Image, host_architecture
+from layercore.layer import Compression, DirAttrs, StrPath
+from layercore.store import Store
+
+__all__ = ["BuildEvent", "BuildResult", "BuildStep", "build"]
+
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Mount points bwrap creates in the root filesystem if they are missing; removed after a RUN.
+_MOUNT_POINTS = ("proc", "dev", "etc/hosts", "etc/resolv.conf", "etc")
+_OUTPUT_LINES = 20
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One instruction of the build: where it is (``stage``, ``line``), its text, the layer
+    digest it wrote (None for metadata), whether it came from the cache (``cached``, with the
+    ``reason`` it did not), and how long it took."""
+
+    stage: str
+    line: int
+    instruction: str
+    layer: str | None
+    cached: bool
+    reason: str | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "line": self.line,
+            "instruction": self.instruction,
+            "layer": self.layer,
+            "cached": self.cached,
+            "reason": self.reason,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build made: the ``image`` (saved under ``tags``), its ``digest``, every
+    ``step``, and the parser's and planner's ``warnings``."""
+
+    image: Image
+    digest: str
+    steps: list[BuildStep]
+    tags: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """What a progress display is told: ``kind`` is ``"step"`` (a step starts: ``stage``,
+    ``line``, ``text``), ``"output"`` (a line a ``RUN`` printed, in ``text``), ``"done"`` (the
+    step ended: ``step``) or ``"warning"``."""
+
+    kind: Literal["step", "output", "done", "warning"]
+    stage: str = ""
+    line: int = 0
+    text: str = ""
+    step: BuildStep | None = None
+
+
+Progress = Callable[[BuildEvent], None]
+
+
+def build(
+    context: StrPath,
+    *,
+    dockerfile: StrPath | None = None,
+    dockerfile_text: str | bytes | None = None,
+    tags: Sequence[str] = (),
+    target: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    store: Store | None = None,
+    source_date_epoch: int | None = None,
+    compression: Compression = "gzip",
+    no_cache: bool = False,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Builds the Dockerfile (``dockerfile``, default ``CONTEXT/Dockerfile``; or its text as
+    ``dockerfile_text``) with the directory ``context``; saves the image under each of
+    ``tags`` in ``store`` (default: the embedded store). ``labels`` are added to the final
+    image; ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) fixes ``created`` and
+    clamps mtimes. ``no_cache`` is accepted for the command line's sake: there is no build
+    cache yet, so every step runs. Raises :class:`~layercore.errors.DockerfileError` for a
+    Dockerfile at fault and :class:`~layercore.errors.BuildError` for a step that failed;
+    nothing is tagged then."""
+    del no_cache
+    context_dir = Path(context)
+    if not context_dir.is_dir():
+        raise SourceNotFoundError("the build context is not a directory", context_dir)
+    if dockerfile_text is None:
+        path = Path(dockerfile) if dockerfile is not None else context_dir / "Dockerfile"
+        try:
+            text: str | bytes = path.read_bytes()
+        except FileNotFoundError:
+            raise SourceNotFoundError("no Dockerfile here", path) from None
+        shown = str(path)
+    else:
+        text, path, shown = dockerfile_text, None, "Dockerfile"
+    if source_date_epoch is None and os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
+        source_date_epoch = int(os.environ["SOURCE_DATE_EPOCH"])
+    df = parse_dockerfile(text, shown)
+    arch, variant = host_architecture()
+    platform = f"linux/{arch}" + (f"/{variant}" if variant else "")
+    platform_args = {
+        "TARGETPLATFORM": platform,
+        "TARGETOS": "linux",
+        "TARGETARCH": arch,
+        "TARGETVARIANT": variant or "",
+        "BUILDPLATFORM": platform,
+        "BUILDOS": "linux",
+        "BUILDARCH": arch,
+        "BUILDVARIANT": variant or "",
+    }
+    plan = plan_build(df, build_args=build_args or {}, target=target, platform_args=platform_args)
+    store = store if store is not None else Store()
+    ignore = read_ignore_file(ignore_file_for(context_dir, path))
+    runner = _Build(
+        store=store,
+        context=context_dir,
+        ignore=ignore,
+        dockerfile=df,
+        plan=plan,
+        build_args=dict(build_args or {}),
+        platform=platform,
+        source_date_epoch=source_date_epoch,
+        compression=compression,
+        progress=progress or (lambda _event: None),
+    )
+    warnings = list(df.warnings)
+    if plan.unused_build_args:
+        warnings.append(
+            "build args not consumed by any instruction: " + ", ".join(plan.unused_build_args)
+        )
+    for warning in warnings:
+        runner.progress(BuildEvent("warning", text=warning))
+    with runner:
+        image = runner.run()
+        if labels:
+            image = runner.add_labels(image, labels)
+        image = store.save(image)
+        for tag in tags:
+            store.save(image, tag)
+    return BuildResult(image, image.digest, runner.steps, list(tags), warnings)
+
+
+class _Build:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        context: Path,
+        ignore: IgnoreRules,
+        dockerfile: Dockerfile,
+        plan: BuildPlan,
+        build_args: dict[str, str],
+        platform: str,
+        source_date_epoch: int | None,
+        compression: Compression,
+        progress: Progress,
+    ) -> None:
+        self.store = store
+        self.context = context
+        self.ignore = ignore
+        self.df = dockerfile
+        self.plan = plan
+        self.build_args = build_args
+        self.platform = platform
+        self.epoch = source_date_epoch
+        self.compression = compression
+        self.progress = progress
+        self.steps: list[BuildStep] = []
+        self.images: dict[int, Image] = {}
+        self.trees: dict[str, Path] = {}  # extracted trees of stages/images, for COPY --from
+        self.rootfs: dict[int, tuple[list[str], Path]] = {}  # stage -> (diff_ids, rootfs dir)
+        self._exit = ExitStack()
+
+    def __enter__(self) -> _Build:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._exit.close()
+
+    # -- helpers
+
+    def created(self) -> int:
+        return self.epoch if self.epoch is not None else int(time.time())
+
+    def workspace(self, name: str) -> Path:
+        return self._exit.enter_context(self.store.workspace(name))
+
+    def fail(self, message: str, ins: Instruction) -> DockerfileError:
+        return self.df.error(message, ins)
+
+    # -- stages
+
+    def run(self) -> Image:
+        for index in self.plan.needed:
+            self.images[index] = self.stage(self.plan.stages[index])
+        return self.images[self.plan.target.index]
+
+    def base(self, stage: Stage) -> Image:
+        if stage.platform is not None and stage.platform not in (
+            self.platform,
+            "linux/" + host_architecture()[0],
+        ):
+            raise self.fail(
+                f"--platform={stage.platform} is not this machine's platform ({self.platform}); "
+                "layercore builds for the machine it runs on",
+                stage.origin,
+            )
+        if stage.base_stage is not None:
+            return self.images[stage.base_stage]
+        if stage.base == "scratch":
+            return Image.scratch(created=self.epoch or 0)
+        return self.image(stage.base, stage.origin)
+
+    def image(self, ref: str, ins: Instruction) -> Image:
+        """An image by tag or digest from the store, else pulled once from its registry."""
+        try:
+            return self.store.load(ref)
+        except (ImageNotFoundError, ValueError):
+            pass
+        try:
+            return self.store.pull(ref)
+        except Exception as e:
+            raise self.fail(f"cannot find or pull the image {ref!r}: {e}", ins) from None
+
+    def stage(self, stage: Stage) -> Image:
+        image = self.base(stage)
+        run = dict(image.config.get("config") or {})
+        state = StageState(self.df, run, meta_args=self.plan.meta_args, build_args=self.build_args)
+        triggers = state.config.pop("OnBuild", None) or []
+        instructions: list[Instruction] = []
+        if triggers:
+            onbuild = parse_dockerfile("\n".join(triggers), f"ONBUILD of {stage.base}")
+            instructions.extend(onbuild.instructions)
+        instructions.extend(stage.instructions)
+        for ins in instructions:
+            image = self.step(stage, state, image, ins)
+        return image
+
+    def step(self, stage: Stage, state: StageState, image: Image, ins: Instruction) -> Image:
+        text = " ".join(ins.text.split()) if "\n" not in ins.text else ins.text
+        self.progress(BuildEvent("step", stage.label, ins.line, text))
+        started = time.perf_counter()
+        before = len(image.layers)
+        if ins.keyword in METADATA:
+            entry = state.apply(ins)
+            image = image.with_runtime_config(
+                state.config,
+                created_by=entry.created_by if entry else None,
+                comment=BUILDKIT_COMMENT,
+                created=self.created(),
+                author=state.author,
+                history=entry is not None,
+            )
+        elif ins.keyword == "WORKDIR":
+            image = self.workdir(state, image, ins)
+        elif ins.keyword in ("COPY", "ADD"):
+            image = self.copy(stage, state, image, ins)
+        elif ins.keyword == "RUN":
+            image = self.run_step(stage, state, image, ins)
+        else:
+            raise self.fail(f"{ins.keyword} cannot be used here", ins)
+        layer = image.layers[-1].digest if len(image.layers) > before else None
+        step = BuildStep(
+            stage.label, ins.line, text, layer, False, None, time.perf_counter() - started
+        )
+        self.steps.append(step)
+        self.progress(BuildEvent("done", stage.label, ins.line, text, step))
+        return image
+
+    def add_labels(self, image: Image, labels: Mapping[str, str]) -> Image:
+        run = dict(image.config.get("config") or {})
+        run["Labels"] = {**(run.get("Labels") or {}), **labels}
+        shown = " ".join(f"{k}={v}" for k, v in labels.items())
+        return image.with_runtime_config(
+            run, created_by=f"LABEL {shown}", comment=BUILDKIT_COMMENT, created=self.created()
+        )
+
+    # -- WORKDIR
+
+    def workdir(self, state: StageState, image: Image, ins: Instruction) -> Image:
+        path = state.expand(ins.args[0], ins)
+        wd = posixpath.normpath(posixpath.join(state.workdir, path)) if path else state.workdir
+        wd = "/" + wd.lstrip("/")
+        state.config["WorkingDir"] = wd
+        if wd == "/":
+            return image.with_runtime_config(
+                state.config,
+                created_by=f"WORKDIR {wd}",
+                comment=BUILDKIT_COMMENT,
+                created=self.created(),
+            )
+        uid, gid = (
+            self.owner(state.config.get("User") or "", image, ins)
+            if state.config.get("User")
+            else (0, 0)
+        )
+        dirs = self.dir_attrs(image, wd.strip("/"), uid, gid)
+        with self.store.workspace("workdir") as empty:
+            layer = self.store.build_layer(
+                empty,
+                compression=self.compression,
+                source_date_epoch=self.epoch,
+                under=wd.strip("/"),
+                under_dirs=dirs,
+            )
+        image = image.with_runtime_config(state.config, history=False)
+        return image.append(
+            layer, created_by=f"WORKDIR {wd}", comment=BUILDKIT_COMMENT, created=self.created()
+        )
+
+    def dir_attrs(self, image: Image, rel: str, uid: int, gid: int) -> list[DirAttrs]:
+        """Attributes for each directory of ``rel``: an existing one keeps its own, a new one
+        is 0755 and owned by ``uid:gid``."""
+        out = []
+        parts = [p for p in rel.split("/") if p]
+        mtime = int(self.created())
+        stack = image.stack if image.layers else None
+        for i in range(len(parts)):
+            entry = stack.lookup("/".join(parts[: i + 1])) if stack is not None else None
+            if entry is not None and entry.kind == "dir":
+                out.append(DirAttrs(entry.mode, entry.uid, entry.gid, entry.mtime))
+            else:
+                out.append(DirAttrs(0o755, uid, gid, mtime))
+        return out
+
+    def owner(self, spec: str, image: Image, ins: Instruction) -> tuple[int, int]:
+        """``user[:group]`` as ids: numbers as they are, names from the image's
+        ``/etc/passwd`` and ``/etc/group``."""
+        user, _, group = spec.partition(":")
+
+        def table(path: str) -> dict[str, tuple[int, int]]:
+            if not image.layers:
+                return {}
+            try:
+                text = image.stack.read(path).decode(errors="replace")
+            except (SourceNotFoundError, OSError, ValueError):
+                return {}
+            rows = {}
+            for line in text.splitlines():
+                fields = line.split(":")
+                if len(fields) >= 4 and fields[2].isdigit():
+                    gid = int(fields[3]) if fields[3].isdigit() else 0
+                    rows[fields[0]] = (int(fields[2]), gid)
+            return rows
+
+        if user.isdigit():
+            uid, gid = int(user), int(user)
+        else:
+            passwd = table("etc/passwd")
+            if user not in passwd:
+                raise self.fail(
+                    f"unable to find user {user}: no matching entries in passwd file", ins
+                )
+            uid, gid = passwd[user]
+        if group:
+            if group.isdigit():
+                gid = int(group)
+            else:
+                groups = table("etc/group")
+                if group not in groups:
+                    raise self.fail(
+                        f"unable to find group {group}: no matching entries in group file", ins
+                    )
+                gid = groups[group][0]
+        return uid, gid
+
+    # -- COPY and ADD
+
+    def copy(self, stage: Stage, state: StageState, image: Image, ins: Instruction) -> Image:
+        if ins.flag("parents") is not None:
+            raise self.fail(f"{ins.keyword} --parents is not supported yet", ins)
+        add = ins.keyword == "ADD"
+        heredocs = {f"<<{h.name}": h for h in ins.heredocs}
+        args = list(ins.args)
+        if len(args) < 2:
+            raise self.fail(
+                f"{ins.keyword} requires at least two arguments: a source and a destination", ins
+            )
+        dest_word = state.expand(args[-1], ins)
+        sources = [a if a in heredocs else state.expand(a, ins) for a in args[:-1]]
+        if add and any(s.startswith(("http://", "https://", "git@")) for s in sources):
+            raise self.fail("ADD of a URL is not supported yet", ins)
+        chown = ins.flag("chown")
+        uid, gid = self.owner(state.expand(chown, ins), image, ins) if chown else (0, 0)
+        chmod_text = ins.flag("chmod")
+        chmod = None
+        if chmod_text:
+            try:
+                chmod = int(chmod_text, 8)
+            except ValueError:
+                raise self.fail(
+                    f"invalid --chmod={chmod_text}: give octal bits such as 0755", ins
+                ) from None
+            if not 0 <= chmod <= 0o7777:
+                raise self.fail(f"invalid --chmod={chmod_text}", ins)
+        # --exclude patterns match a selected path, and paths inside a selected directory
+        # relative to it; .dockerignore matches paths relative to the context.
+        excludes = IgnoreRules([state.expand(e, ins) for e in ins.flag_values("exclude")])
+        source_from = ins.flag("from")
+        if source_from is not None:
+            root, ignore = self.tree(state.expand(source_from, ins), ins), IgnoreRules()
+        else:
+            root, ignore = self.context, self.ignore
+        matches: list[tuple[str, str | None]] = []  # (relative source, heredoc name)
+        for src in sources:
+            if src in heredocs:
+                matches.append((src, heredocs[src].name))
+                continue
+            try:
+                found = resolve_sources(root, src, ignore, line=ins.line, dockerfile=self.df.path)
+            except SourceNotFoundError as e:
+                raise self.fail(f"{ins.keyword} {src}: {e.message}", ins) from None
+            matches.extend((rel, None) for rel in found if not excludes.ignored(rel))
+        dest = dest_word if dest_word.startswith("/") else posixpath.join(state.workdir, dest_word)
+        dest = "/" + posixpath.normpath(dest).lstrip("/") if dest != "/" else "/"
+        existing = image.stack.lookup(dest.strip("/")) if image.layers and dest != "/" else None
+
+        def is_dir(rel: str) -> bool:
+            path = root / rel if rel != "." else root
+            return path.is_dir() and not path.is_symlink()
+
+        named_dir = (
+            dest_word.endswith("/")
+            or dest_word in (".", "")
+            or dest == "/"
+            or (existing is not None and existing.kind == "dir")
+        )
+        if len(matches) > 1 and not named_dir:
+            raise self.fail(
+                f"When using {ins.keyword} with more than one source file, the destination must be "
+                "a directory and end with a /",
+                ins,
+            )
+        # A directory's contents go into the destination; so do files named as a directory.
+        single = matches[0][0] if len(matches) == 1 and matches[0][1] is None else None
+        single_dir = single is not None and (is_dir(single) or (add and _is_archive(root / single)))
+        into_dir = named_dir or len(matches) > 1 or single_dir
+        under = dest.strip("/") if into_dir else posixpath.dirname(dest).strip("/")
+        with self.store.workspace("copy") as staging:
+            for rel, heredoc_name in matches:
+                if heredoc_name is not None:
+                    doc = heredocs[rel]
+                    content = doc.content
+                    name = heredoc_name if into_dir else posixpath.basename(dest)
+                    target = staging / name
+                    target.write_text(content)
+                    os.chmod(target, 0o644)
+                    os.utime(target, (self.created(), self.created()))
+                    continue
+                source = root / rel if rel != "." else root
+                if source.is_dir() and not source.is_symlink():
+                    _stage_tree(source, staging, rel, ignore, excludes)
+                elif add and source.is_file() and _is_archive(source):
+                    _unpack(source, staging, ins, self.df)
+                else:
+                    name = posixpath.basename(rel) if into_dir else posixpath.basename(dest)
+                    _stage_entry(source, staging / name)
+            dirs = self.dir_attrs(image, under, uid, gid)
+            layer = self.store.build_layer(
+                staging,
+                compression=self.compression,
+                source_date_epoch=self.epoch,
+                owner=(uid, gid),
+                under=under or None,
+                under_dirs=dirs,
+                chmod=chmod,
+            )
+        shown = [f"--chown={chown}"] if chown else []
+        shown += [f"--chmod={chmod_text}"] if chmod_text else []
+        created_by = " ".join([ins.keyword, *shown, *sources, dest_word]) + " # buildkit"
+        return image.append(
+            layer, created_by=created_by, comment=BUILDKIT_COMMENT, created=self.created()
+        )
+
+    def tree(self, ref: str, ins: Instruction) -> Path:
+        """The extracted tree of a stage (by name or index) or an image, for ``--from``."""
+        if ref in self.trees:
+            return self.trees[ref]
+        index = None
+        for s in self.plan.stages:
+            if s.name == ref.lower() or str(s.index) == ref:
+                index = s.index
+        image = self.images[index] if index is not None else self.image(ref, ins)
+        path = self.workspace("from")
+        image.stack.extract(path)
+        self.trees[ref] = path
+        return path
+
+    # -- RUN
+
+    def run_step(self, stage: Stage, state: StageState, image: Image, ins: Instruction) -> Image:
+        if ins.flag_values("mount"):
+            raise self.fail("RUN --mount is not supported yet", ins)
+        network = ins.flag("network") or "default"
+        if network not in ("default", "none", "host"):
+            raise self.fail(f"RUN --network={network}: use default, none or host", ins)
+        argv = state.command(ins)
+        if ins.heredocs and not ins.json:
+            doc = ins.heredocs[0]
+            if ins.args[0].strip() == f"<<{doc.name}" or ins.args[0].strip() == f"<<-{doc.name}":
+                argv = [*state.shell, doc.content]
+            else:
+                script = (
+                    ins.args[0] + "\n" + "".join(h.content + h.name + "\n" for h in ins.heredocs)
+                )
+                argv = [*state.shell, script]
+        rootfs = self.rootfs_for(stage, image)
+        existed = {p: os.path.lexists(rootfs / p) for p in _MOUNT_POINTS}
+        # Creating and removing mount points touches their directories: put their times back.
+        parents = {}
+        for p in ("", "etc"):
+            with suppress(OSError):
+                parents[p] = (rootfs / p).stat(follow_symlinks=False)
+        env = state.run_env()
+        env.setdefault("PATH", _DEFAULT_PATH)
+        user = state.config.get("User") or ""
+        uid, gid = self.owner(user, image, ins) if user else (0, 0)
+        workdir = state.workdir
+        (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        host_files = [f for f in ("/etc/hosts", "/etc/resolv.conf") if os.path.exists(f)]
+        if network == "none":
+            host_files = []
+        if uid != 0 and os.geteuid() == 0:
+            command = _chroot_command(rootfs, workdir, uid, gid, network, host_files, argv)
+            process_env = env
+        else:
+            command = _bwrap_command(rootfs, workdir, network, host_files, env, argv)
+            process_env = None
+        shown = " ".join(argv)
+        tail: deque[str] = deque(maxlen=_OUTPUT_LINES)
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=process_env,
+            )
+        except FileNotFoundError:
+            raise BuildError(
+                f"RUN needs {command[0]} on PATH (Debian: bubblewrap, util-linux)",
+                self.df.path,
+                stage=stage.label,
+                line=ins.line,
+                command=shown,
+            ) from None
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                tail.append(line)
+                self.progress(BuildEvent("output", stage.label, ins.line, line))
+            code = proc.wait()
+        except BaseException:
+            _kill(proc)
+            raise
+        for p in _MOUNT_POINTS:
+            if not existed[p]:
+                _remove_mount_point(rootfs / p)
+        for p, st in parents.items():
+            with suppress(OSError):
+                os.utime(rootfs / p, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        if code != 0:
+            self.rootfs.pop(stage.index, None)
+            raise BuildError(
+                f"stage {stage.label}: RUN {shown!r} exited with code {code}",
+                self.df.path,
+                stage=stage.label,
+                line=ins.line,
+                command=shown,
+                exit_code=code,
+                output="\n".join(tail),
+            )
+        layer = self.store.diff_layer(
+            image.stack if image.layers else self.workspace("empty"),
+            rootfs,
+            compression=self.compression,
+            source_date_epoch=self.epoch,
+            owner="numeric",
+        )
+        image = image.append(
+            layer,
+            created_by=state.run_history(argv),
+            comment=BUILDKIT_COMMENT,
+            created=self.created(),
+        )
+        self.rootfs[stage.index] = (list(image.diff_ids), rootfs)
+        return image
+
+    def rootfs_for(self, stage: Stage, image: Image) -> Path:
+        """The stage's tree extracted: the last RUN's, with the layers added since applied."""
+        from layercore.extract import apply
+
+        cached = self.rootfs.get(stage.index)
+        ids = list(image.diff_ids)
+        if cached is not None and ids[: len(cached[0])] == cached[0]:
+            path = cached[1]
+            for layer in image.layers[len(cached[0]) :]:
+                apply(layer, path)
+            return path
+        path = self.workspace("rootfs")
+        if image.layers:
+            image.stack.extract(path)
+        return path
+
+
+# -- sandboxes -------------------------------------------------------------------------------------
+
+
+def _bwrap_command(
+    rootfs: Path,
+    workdir: str,
+    network: str,
+    host_files: list[str],
+    env: Mapping[str, str],
+    argv: Sequence[str],
+) -> list[str]:
+    """The command as root (or, for a caller that is not root, as root of a user namespace)
+    in ``rootfs``: new mount, PID, IPC and UTS namespaces, ``/proc``, a minimal ``/dev``."""
+    command = ["bwrap", "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev"]
+    command += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent"]
+    if network == "none":
+        command.append("--unshare-net")
+    for f in host_files:
+        command += ["--ro-bind", f, f]
+    if os.geteuid() != 0:
+        command += ["--unshare-user", "--uid", "0", "--gid", "0"]
+    command += ["--chdir", workdir, "--clearenv"]
+    for k, v in env.items():
+        command += ["--setenv", k, v]
+    return [*command, "--", *argv]
+
+
+def _chroot_command(
+    rootfs: Path,
+    workdir: str,
+    uid: int,
+    gid: int,
+    network: str,
+    host_files: list[str],
+    argv: Sequence[str],
+) -> list[str]:
+    """The command as ``uid:gid`` in ``rootfs``, for a caller that is root: files it creates
+    are owned by that user on disk, so the layer records them so. bwrap can only give another
+    uid inside a user namespace, where that uid maps to the caller; util-linux ``unshare``
+    sets it directly: a private mount namespace gets the host's ``/dev`` and files bound in,
+    then new PID, IPC and UTS namespaces, ``/proc``, the root, the working directory, the ids."""
+    for point in ("dev", "proc"):
+        (rootfs / point).mkdir(exist_ok=True)
+    for f in host_files:
+        target = rootfs / f.lstrip("/")
+        target.parent.mkdir(exist_ok=True)
+        if not target.exists():
+            target.touch()
+    binds = "".join(f' && mount --bind {f} "$r{f}"' for f in host_files)
+    script = f'r="$1"; shift; mount --rbind /dev "$r/dev"{binds} && exec "$@"'
+    inner = ["unshare", "--pid", "--fork", "--ipc", "--uts", "--mount-proc=/proc"]
+    inner += ["--root", str(rootfs), "--wd", workdir, "--setgid", str(gid), "--setuid", str(uid)]
+    outer = ["unshare", "--mount", "--propagation", "private"]
+    if network == "none":
+        outer.append("--net")
+    return [*outer, "--", "/bin/sh", "-c", script, "sh", str(rootfs), *inner, "--", *argv]
+
+
+# -- staging ---------------------------------------------------------------------------------------
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copy2(source, target, follow_symlinks=False)
+
+
+def _stage_entry(source: Path, target: Path) -> None:
+    """One source entry at ``target``: a file hard-linked (or copied), a symlink re-created
+    with its target as it is, a directory created with the source's mode and mtime."""
+    st = source.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(source), target)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    elif stat.S_ISDIR(st.st_mode):
+        target.mkdir(exist_ok=True)
+    elif stat.S_ISREG(st.st_mode):
+        if target.exists():
+            target.unlink()
+        _link_or_copy(source, target)
+
+
+def _stage_tree(
+    source: Path, staging: Path, rel: str, ignore: IgnoreRules, excludes: IgnoreRules
+) -> None:
+    """The contents of the directory ``source`` (``rel`` in its root) merged into ``staging``;
+    what ``ignore`` (paths from the root) or ``excludes`` (paths from ``source``) leave out is
+    skipped; directory modes and mtimes are copied once their contents are in."""
+    prefix = "" if rel == "." else rel.rstrip("/") + "/"
+
+    def skipped(inner: str, directory: bool) -> bool:
+        for rules, path in ((ignore, prefix + inner), (excludes, inner)):
+            if rules and rules.ignored(path) and not (directory and rules.may_hold_kept(path)):
+                return True
+        return False
+
+    dirs: list[tuple[Path, os.stat_result]] = [(staging, source.stat())]
+    for dirpath, dirnames, filenames in os.walk(source):
+        here = Path(dirpath)
+        inner_dir = here.relative_to(source).as_posix()
+        base = "" if inner_dir == "." else inner_dir + "/"
+        out_dir = staging / base if base else staging
+        kept = []
+        for name in sorted(dirnames):
+            child = here / name
+            if skipped(base + name, directory=True):
+                continue
+            if child.is_symlink():
+                _stage_entry(child, out_dir / name)
+                continue
+            (out_dir / name).mkdir(exist_ok=True)
+            dirs.append((out_dir / name, child.stat()))
+            kept.append(name)
+        dirnames[:] = kept
+        for name in filenames:
+            if not skipped(base + name, directory=False):
+                _stage_entry(here / name, out_dir / name)
+    for path, st in reversed(dirs):
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _is_archive(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, tarfile.TarError):
+        return False
+
+
+def _unpack(archive: Path, staging: Path, ins: Instruction, df: Dockerfile) -> None:
+    """``ADD`` of a local tar (plain, gzip, bzip2, xz): its entries into ``staging``, nothing
+    outside it (tarfile's ``tar`` filter refuses escapes and absolute names)."""
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(staging, filter="tar")
+    except (tarfile.TarError, OSError) as e:
+        raise df.error(f"ADD {archive.name}: cannot unpack it: {e}", ins) from None
+
+
+def _remove_mount_point(path: Path) -> None:
+    """Removes what bwrap created to mount on (an empty file or directory)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        elif path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kills the sandbox's whole process group (Ctrl-C, or the build failing around it)."""
+    with suppress(OSError):
+        os.killpg(proc.pid, 9)
+    proc.wait()

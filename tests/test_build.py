@@ -1,0 +1,291 @@
+"""Building images from Dockerfiles: stages, COPY/ADD, WORKDIR, RUN in a bwrap sandbox over a
+busybox-static root filesystem, BuildKit's history, reproducible digests."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import layercore
+from layercore import Image, Store
+from layercore.build import BuildError, BuildResult, DockerfileError
+from layercore.errors import SourceNotFoundError
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+APPLETS = ("sh", "ls", "echo", "cat", "rm", "mkdir", "pwd", "id", "touch", "true", "false")
+EPOCH = 1_700_000_000
+
+
+def require_sandbox() -> None:
+    if shutil.which("bwrap") is None:
+        pytest.fail("bwrap is missing: `make test` installs Debian's bubblewrap")
+    if not os.path.exists(BUSYBOX):
+        pytest.fail("busybox is missing: `make test` installs Debian's busybox-static")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """A store holding `busybox:test`: busybox-static, its applets, /etc/passwd with app."""
+    require_sandbox()
+    s = Store(tmp_path / "store")
+    root = tmp_path / "busybox-rootfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "tmp").mkdir()
+    os.chmod(root / "tmp", 0o1777)
+    shutil.copy(BUSYBOX, root / "bin" / "busybox")
+    for applet in APPLETS:
+        os.symlink("busybox", root / "bin" / applet)
+    (root / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
+    )
+    (root / "etc" / "group").write_text("root:x:0:\napp:x:1000:\nstaff:x:50:\n")
+    layer = s.build_layer(root, source_date_epoch=EPOCH)
+    s.save(
+        Image.scratch(created=EPOCH).append(layer).with_config(env={"PATH": "/bin"}), "busybox:test"
+    )
+    return s
+
+
+def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text(textwrap.dedent(dockerfile).lstrip("\n"))
+    for rel, text in (files or {}).items():
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / rel).write_text(text)
+    return ctx
+
+
+def entries(store: Store, digest: str) -> dict[str, tuple[str, int, int, int]]:
+    layer = layercore.Layer.open(store.blob_path(digest))
+    return {e.path: (e.kind, e.mode, e.uid, e.gid) for e in layer.entries()}
+
+
+TWO_STAGES = """
+    FROM busybox:test AS build
+    ARG GREETING=hi
+    ENV APP=/app
+    WORKDIR $APP
+    COPY app/ ./
+    RUN echo "$GREETING from $(pwd)" > made.txt && rm sub/b.txt
+    FROM busybox:test
+    LABEL org.example.stage=final
+    COPY --from=build --chown=app:staff /app /srv
+    COPY <<EOF /etc/motd
+    welcome
+    EOF
+    USER app
+    CMD ["cat", "/srv/made.txt"]
+    """
+TWO_STAGE_FILES = {"app/a.txt": "hello\n", "app/sub/b.txt": "sub\n", "docs/README.md": "x"}
+
+
+def test_two_stage_build(store: Store, tmp_path: Path) -> None:
+    ctx = context(tmp_path, TWO_STAGES, TWO_STAGE_FILES)
+    result = layercore.build(
+        ctx, store=store, tags=["app:1", "app:latest"], build_args={"GREETING": "hello"},
+        source_date_epoch=EPOCH,
+    )  # fmt: skip
+    assert isinstance(result, BuildResult)
+    assert store.tags()["app:1"] == result.digest == store.tags()["app:latest"]
+    image = store.load("app:1")
+    assert image.stack.read("srv/made.txt") == b"hello from /app\n"
+    assert image.stack.read("etc/motd") == b"welcome\n"
+    assert image.stack.lookup("srv/sub/b.txt") is None
+    srv = image.stack.lookup("srv/a.txt")
+    assert srv is not None and (srv.uid, srv.gid) == (1000, 50)
+    run = image.config["config"]
+    assert run["User"] == "app" and run["Cmd"] == ["cat", "/srv/made.txt"]
+    assert run["Labels"] == {"org.example.stage": "final"}
+    assert [(h.created_by, h.empty_layer) for h in image.history[2:]] == [
+        ("LABEL org.example.stage=final", True),
+        ("COPY --chown=app:staff /app /srv # buildkit", False),
+        ("COPY <<EOF /etc/motd # buildkit", False),
+        ("USER app", True),
+        ('CMD ["cat" "/srv/made.txt"]', True),
+    ]
+    assert {h.comment for h in image.history[2:]} == {"buildkit.dockerfile.v0"}
+    assert {h.created for h in image.history[2:]} == {"2023-11-14T22:13:20Z"}
+    steps = [(s.stage, s.line, s.layer is not None) for s in result.steps]
+    assert steps == [
+        ("build", 2, False), ("build", 3, False), ("build", 4, True), ("build", 5, True),
+        ("build", 6, True), ("1", 8, False), ("1", 9, True), ("1", 10, True),
+        ("1", 13, False), ("1", 14, False),
+    ]  # fmt: skip
+
+
+def test_run_layer_holds_only_the_change(store: Store, tmp_path: Path) -> None:
+    """The RUN layer: the new file, a whiteout for the deleted one, the parent directories;
+    no trace of the sandbox's mount points (proc, dev, etc/hosts, etc/resolv.conf)."""
+    ctx = context(tmp_path, TWO_STAGES, TWO_STAGE_FILES)
+    result = layercore.build(ctx, store=store, target="build", source_date_epoch=EPOCH)
+    image = store.load(result.digest)
+    run_step = next(s for s in result.steps if s.instruction.startswith("RUN"))
+    assert run_step.layer is not None
+    assert sorted(entries(store, run_step.layer)) == [
+        "app", "app/made.txt", "app/sub", "app/sub/.wh.b.txt"
+    ]  # fmt: skip
+    assert image.history[-1].created_by == (
+        'RUN |1 GREETING=hi /bin/sh -c echo "$GREETING from $(pwd)" > made.txt && '
+        "rm sub/b.txt # buildkit"
+    )
+    workdir = next(s for s in result.steps if s.instruction.startswith("WORKDIR"))
+    assert workdir.layer is not None and entries(store, workdir.layer) == {
+        "app": ("dir", 0o755, 0, 0)
+    }
+    # The .dockerignore-free context copied app/ only; docs/ never entered a layer.
+    assert image.stack.lookup("app/a.txt") is not None
+
+
+def test_same_input_same_digest(store: Store, tmp_path: Path) -> None:
+    ctx = context(tmp_path, TWO_STAGES, TWO_STAGE_FILES)
+    one = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    two = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    assert one.digest == two.digest
+
+
+def test_copy_rules(store: Store, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test
+        WORKDIR /w
+        COPY one.txt two.txt dir/
+        COPY one.txt renamed.txt
+        COPY tree /t
+        COPY *.txt /glob/
+        COPY --chmod=750 one.txt /modes/
+        COPY one.txt /etc
+        COPY --exclude=*.log tree/ /excl/
+        """,
+        {
+            "one.txt": "1",
+            "two.txt": "2",
+            "secret.txt": "s",
+            "tree/x/y.txt": "y",
+            "tree/keep.log": "log",
+            ".dockerignore": "secret.txt\n",
+        },
+    )
+    image = store.load(layercore.build(ctx, store=store, source_date_epoch=EPOCH).digest)
+    view = image.stack
+    assert view.read("w/dir/one.txt") == b"1" and view.read("w/dir/two.txt") == b"2"
+    assert view.read("w/renamed.txt") == b"1"
+    assert view.read("t/x/y.txt") == b"y" and view.lookup("t/tree") is None
+    assert sorted(view.listdir("glob")) == ["one.txt", "two.txt"]  # secret.txt is ignored
+    modes = view.lookup("modes/one.txt")
+    assert modes is not None and modes.mode == 0o750
+    assert view.read("etc/one.txt") == b"1"  # /etc exists as a directory in the image
+    assert view.lookup("excl/keep.log") is None and view.read("excl/x/y.txt") == b"y"
+
+
+@pytest.mark.parametrize(
+    ("instruction", "error", "message"),
+    [
+        (
+            "COPY one.txt two.txt /not-a-dir",
+            DockerfileError,
+            "must be a directory and end with a /",
+        ),
+        ("COPY ../outside /x", DockerfileError, "outside the build context"),
+        ("COPY missing.txt /x", DockerfileError, "not in the build context"),
+        ("COPY --chown=nobody one.txt /x", DockerfileError, "unable to find user nobody"),
+        ("COPY --chmod=9z one.txt /x", DockerfileError, "invalid --chmod"),
+        ("RUN --mount=type=cache,target=/c true", DockerfileError, "not supported yet"),
+    ],
+)
+def test_copy_and_run_errors_name_the_line(
+    store: Store, tmp_path: Path, instruction: str, error: type[Exception], message: str
+) -> None:
+    ctx = context(tmp_path, f"FROM busybox:test\n{instruction}\n", {"one.txt": "1", "two.txt": "2"})
+    with pytest.raises(error, match=message) as e:
+        layercore.build(ctx, store=store, tags=["never:1"])
+    assert str(e.value).startswith(f"{ctx / 'Dockerfile'}:2")
+    assert "never:1" not in store.tags()
+
+
+def test_failing_run_raises_build_error_and_tags_nothing(store: Store, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test AS b
+        RUN echo first line && echo second line >&2 && exit 3
+        """,
+    )
+    with pytest.raises(BuildError) as e:
+        layercore.build(ctx, store=store, tags=["broken:1"])
+    err = e.value
+    assert (err.stage, err.line, err.exit_code) == ("b", 2, 3)
+    assert "first line" in err.output and "second line" in err.output
+    assert "exited with code 3" in str(err) and "second line" in str(err)
+    assert "broken:1" not in store.tags()
+
+
+def test_run_as_user_network_none_and_exec_form(store: Store, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test
+        RUN mkdir /data && touch /data/.keep
+        USER 1000:1000
+        RUN ["/bin/sh", "-c", "id -u > /tmp/uid; id -g >> /tmp/uid"]
+        USER root
+        RUN --network=none cat /tmp/uid > /data/uid
+        """,
+    )
+    image = store.load(layercore.build(ctx, store=store, source_date_epoch=EPOCH).digest)
+    assert image.stack.read("data/uid") == b"1000\n1000\n"
+    tmp = image.stack.lookup("tmp/uid")
+    assert tmp is not None and (tmp.uid, tmp.gid) == (1000, 1000)
+
+
+def test_add_unpacks_local_archives(store: Store, tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM busybox:test\nADD bundle.tar.gz /opt/\nADD plain.txt /opt/\n")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"from the archive\n"
+        info = tarfile.TarInfo("pkg/file.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (ctx / "bundle.tar.gz").write_bytes(buf.getvalue())
+    (ctx / "plain.txt").write_text("plain")
+    image = store.load(layercore.build(ctx, store=store).digest)
+    assert image.stack.read("opt/pkg/file.txt") == b"from the archive\n"
+    assert image.stack.read("opt/plain.txt") == b"plain"
+
+
+def test_scratch_onbuild_and_metadata_only(store: Store, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test
+        ONBUILD RUN echo triggered > /onbuild.txt
+        """,
+    )
+    layercore.build(ctx, store=store, tags=["base-with-trigger:1"])
+    (ctx / "Dockerfile").write_text("FROM base-with-trigger:1\nENV X=1\n")
+    child = store.load(layercore.build(ctx, store=store).digest)
+    assert child.stack.read("onbuild.txt") == b"triggered\n"
+    assert "OnBuild" not in child.config["config"]
+    (ctx / "Dockerfile").write_text('FROM scratch\nCOPY Dockerfile /\nCMD ["x"]\n')
+    scratch = store.load(layercore.build(ctx, store=store).digest)
+    assert len(scratch.layers) == 1 and scratch.config["config"]["Cmd"] == ["x"]
+
+
+def test_missing_context_and_dockerfile(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFoundError, match="not a directory"):
+        layercore.build(tmp_path / "nope", store=store)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceNotFoundError, match="no Dockerfile"):
+        layercore.build(tmp_path / "empty", store=store)
+    result = layercore.build(
+        tmp_path / "empty", store=store, dockerfile_text="FROM busybox:test\nENV A=1\n"
+    )
+    assert store.load(result.digest).config["config"]["Env"] == ["PATH=/bin", "A=1"]
