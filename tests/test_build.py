@@ -289,3 +289,37 @@ def test_missing_context_and_dockerfile(store: Store, tmp_path: Path) -> None:
         tmp_path / "empty", store=store, dockerfile_text="FROM busybox:test\nENV A=1\n"
     )
     assert store.load(result.digest).config["config"]["Env"] == ["PATH=/bin", "A=1"]
+
+
+def test_command_line(store: Store, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    ctx = context(tmp_path, "", {"a.txt": "a"})
+    (ctx / "Dockerfile").unlink()
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "layercore", "--store", str(store.root), "build", *args],
+            input=stdin, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    dockerfile = "FROM busybox:test\nARG V\nCOPY a.txt /\nRUN echo v=$V\n"
+    done = cli(
+        "-f", "-", "-t", "cli:1", "--build-arg", "V=7", "--progress", "json", "--json", str(ctx),
+        stdin=dockerfile,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["digest"] == store.tags()["cli:1"] and result["tags"] == ["cli:1"]
+    assert [s["line"] for s in result["steps"]] == [2, 3, 4]
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert {"event": "output", "stage": "0", "line": 4, "text": "v=7"} in events
+    assert [e["event"] for e in events].count("done") == 3
+    failed = cli("-f", "-", str(ctx), stdin="FROM busybox:test\nRUN exit 4\n")
+    assert failed.returncode == 1 and "exited with code 4" in failed.stderr
+    assert cli("--label", "novalue", str(ctx)).returncode == 2
+    assert cli(str(tmp_path / "missing")).returncode == 2
+    bad = cli("-f", "-", str(ctx), stdin="FROM busybox:test\nFRM x\n")
+    assert bad.returncode == 1 and "Dockerfile:2:1: unknown instruction: FRM" in bad.stderr

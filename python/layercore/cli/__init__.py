@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from layercore.cli import image, inspect, layer, registry, rewrite, store, transport
+from layercore.cli import build, image, inspect, layer, registry, rewrite, store, transport
 from layercore.cli.inspect import diff_images
 from layercore.cli.parser import Commands, Formatter, epilog
 from layercore.cli.session import Handler, Session, UsageError, print_error
@@ -55,6 +55,7 @@ _GROUPS: tuple[Callable[[Commands], None], ...] = (
     image.register,
     inspect.register,
     rewrite.register,
+    build.register,
     transport.register,
     registry.register,
     store.register,

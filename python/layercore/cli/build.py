@@ -1,0 +1,175 @@
+"""``layercore build``: a Dockerfile and a context to an image in the store.
+
+It may import ``layercore.build`` and the command line's ``parser``, ``session`` and
+``output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import TextIO
+
+from layercore.cli.output import borderless_table, short_digest
+from layercore.cli.parser import Commands
+from layercore.cli.session import Session, UsageError
+
+__all__ = ["register"]
+
+
+def register(commands: Commands) -> None:
+    """Adds ``build``."""
+    p = commands.add(
+        "build",
+        _cmd_build,
+        "build an image from a Dockerfile, without a daemon",
+        """
+        Builds the Dockerfile (CONTEXT/Dockerfile, or -f FILE; -f - reads it from stdin)
+        with the directory CONTEXT and saves the image in the store under each -t TAG. RUN
+        steps run in a sandbox (bwrap) over the stage's files; COPY reads the context as
+        .dockerignore leaves it. History entries are BuildKit's. --source-date-epoch (or
+        $SOURCE_DATE_EPOCH) makes the image reproducible. Progress goes to stderr: plain
+        lines (auto, plain) or one JSON event a line (json); --json prints the result.
+        """,
+        [
+            "layercore build -t app:1 .",
+            "layercore build -f build/app.Dockerfile --target runtime -t app:1 .",
+            "layercore build --build-arg VERSION=1.2 --label org.example.team=core -t app:1 .",
+            "cat Dockerfile | layercore build -f - --progress json .",
+        ],
+        json=True,
+    )
+    p.add_argument("context", metavar="CONTEXT", help="the build context directory")
+    p.add_argument("-f", "--file", metavar="FILE", help="the Dockerfile (- for stdin)")
+    p.add_argument(
+        "-t", "--tag", metavar="TAG", action="append", default=[], help="tag the image TAG"
+    )
+    p.add_argument("--target", metavar="STAGE", help="build this stage (default: the last)")
+    p.add_argument(
+        "--build-arg",
+        metavar="K[=V]",
+        action="append",
+        default=[],
+        help="a build arg; K alone takes its value from the environment",
+    )
+    p.add_argument(
+        "--label", metavar="K=V", action="append", default=[], help="a label on the image"
+    )
+    p.add_argument("--no-cache", action="store_true", help="run every step (there is no cache yet)")
+    p.add_argument(
+        "--progress",
+        choices=("auto", "plain", "json"),
+        default="auto",
+        help="how progress is shown on stderr (default: auto)",
+    )
+    p.add_argument("--compression", choices=("gzip", "zstd"), default="gzip")
+    p.add_argument("--source-date-epoch", metavar="SECONDS", type=int)
+
+
+def _pairs(values: list[str], what: str, *, from_env: bool) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not key:
+            raise UsageError(f"{what} {value!r}: write KEY=VALUE")
+        if not sep:
+            if not from_env:
+                raise UsageError(f"{what} {value!r}: write KEY=VALUE")
+            if key not in os.environ:
+                continue  # as docker does: an unset variable is no build arg
+            rest = os.environ[key]
+        out[key] = rest
+    return out
+
+
+class _Printer:
+    """Progress on stderr: ``#N [stage:line] INSTRUCTION`` and the output of RUN steps, or
+    one JSON object a line."""
+
+    def __init__(self, mode: str, out: TextIO) -> None:
+        self.mode = mode
+        self.out = out
+        self.count = 0
+
+    def __call__(self, event: object) -> None:
+        from layercore.build import BuildEvent
+
+        assert isinstance(event, BuildEvent)
+        if self.mode == "json":
+            obj: dict[str, object] = {"event": event.kind}
+            if event.stage or event.line:
+                obj.update(stage=event.stage, line=event.line)
+            if event.text:
+                obj["text"] = event.text
+            if event.step is not None:
+                obj["step"] = event.step.to_json()
+            print(json.dumps(obj), file=self.out, flush=True)
+            return
+        if event.kind == "step":
+            self.count += 1
+            print(f"#{self.count} [{event.stage}:{event.line}] {event.text}", file=self.out)
+        elif event.kind == "output":
+            print(f"#{self.count}   {event.text}", file=self.out)
+        elif event.kind == "done" and event.step is not None:
+            layer = f" -> {short_digest(event.step.layer)}" if event.step.layer else ""
+            print(f"#{self.count} done in {event.step.seconds:.2f}s{layer}", file=self.out)
+        elif event.kind == "warning":
+            print(f"warning: {event.text}", file=self.out)
+        self.out.flush()
+
+
+def _cmd_build(args: argparse.Namespace, session: Session) -> int:
+    import layercore.build as builder
+
+    build_args = _pairs(args.build_arg, "--build-arg", from_env=True)
+    labels = _pairs(args.label, "--label", from_env=False)
+    text = None
+    dockerfile = args.file
+    if dockerfile == "-":
+        text, dockerfile = sys.stdin.buffer.read(), None
+    if not os.path.isdir(args.context):
+        raise UsageError(f"build: the context {args.context!r} is not a directory")
+    printer = _Printer(args.progress, sys.stderr)
+    result = builder.build(
+        args.context,
+        dockerfile=dockerfile,
+        dockerfile_text=text,
+        tags=args.tag,
+        target=args.target,
+        build_args=build_args,
+        labels=labels,
+        store=session.store,
+        source_date_epoch=args.source_date_epoch,
+        compression=args.compression,
+        no_cache=args.no_cache,
+        progress=printer,
+    )
+    if session.json:
+        session.emit_json(
+            {
+                "digest": result.digest,
+                "tags": result.tags,
+                "steps": [s.to_json() for s in result.steps],
+                "warnings": result.warnings,
+            }
+        )
+        return 0
+    if args.progress != "json":
+        table = borderless_table(
+            "STEP", "LINE", "INSTRUCTION", "LAYER", "SECONDS", right=("LINE", "SECONDS")
+        )
+        for step in result.steps:
+            table.add_row(
+                step.stage,
+                str(step.line),
+                step.instruction if len(step.instruction) <= 60 else step.instruction[:57] + "...",
+                short_digest(step.layer) if step.layer else "-",
+                f"{step.seconds:.2f}",
+            )
+        from rich.console import Console
+
+        Console(file=sys.stderr, highlight=False, markup=False, emoji=False).print(table)
+    session.print(" ".join([result.digest, *result.tags]))
+    return 0
