@@ -29,12 +29,12 @@ def require_sandbox() -> None:
         pytest.fail("busybox is missing: `make test` installs Debian's busybox-static")
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    """A store holding `busybox:test`: busybox-static, its applets, /etc/passwd with app."""
+def busybox_store(base: Path) -> Store:
+    """A store at ``base/store`` holding `busybox:test`: busybox-static, its applets,
+    /etc/passwd with an app user, a world-writable /tmp."""
     require_sandbox()
-    s = Store(tmp_path / "store")
-    root = tmp_path / "busybox-rootfs"
+    s = Store(base / "store")
+    root = base / "busybox-rootfs"
     (root / "bin").mkdir(parents=True)
     (root / "etc").mkdir()
     (root / "tmp").mkdir()
@@ -47,10 +47,14 @@ def store(tmp_path: Path) -> Store:
     )
     (root / "etc" / "group").write_text("root:x:0:\napp:x:1000:\nstaff:x:50:\n")
     layer = s.build_layer(root, source_date_epoch=EPOCH)
-    s.save(
-        Image.scratch(created=EPOCH).append(layer).with_config(env={"PATH": "/bin"}), "busybox:test"
-    )
+    base_image = Image.scratch(created=EPOCH).append(layer).with_config(env={"PATH": "/bin"})
+    s.save(base_image, "busybox:test")
     return s
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return busybox_store(tmp_path)
 
 
 def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
@@ -323,3 +327,51 @@ def test_command_line(store: Store, tmp_path: Path) -> None:
     assert cli(str(tmp_path / "missing")).returncode == 2
     bad = cli("-f", "-", str(ctx), stdin="FROM busybox:test\nFRM x\n")
     assert bad.returncode == 1 and "Dockerfile:2:1: unknown instruction: FRM" in bad.stderr
+
+
+def test_build_as_an_unprivileged_user(tmp_path: Path) -> None:
+    """uid 65534 builds with COPY and RUN: bwrap runs the step as root of a user namespace, and
+    what it writes belongs to root in the layer, as it would in a root build. (Not yet: files
+    a lower layer gives to another owner, which an unprivileged extraction cannot keep; see
+    docs/ARCHITECTURE.md, known gaps.)"""
+    import subprocess
+    import tempfile
+
+    from conftest import IS_ROOT, nobody_python
+
+    if not IS_ROOT or shutil.which("setpriv") is None:
+        pytest.fail("this test runs as root (CI does) and needs setpriv (util-linux)")
+    base = Path(tempfile.mkdtemp(prefix="layercore-build-"))
+    try:
+        base.chmod(0o755)
+        s = busybox_store(base)
+        ctx = base / "ctx"
+        ctx.mkdir()
+        (ctx / "a.txt").write_text("a")
+        (ctx / "Dockerfile").write_text(
+            "FROM busybox:test\nCOPY a.txt /a.txt\n"
+            "RUN id -u > /uid && echo ran > /ran\n"
+        )
+        for dirpath, dirnames, filenames in os.walk(base):
+            for name in [*dirnames, *filenames]:
+                os.lchown(os.path.join(dirpath, name), 65534, 65534)
+        prefix, env = nobody_python(base)
+        code = (
+            "import sys, layercore; from layercore import Store; "
+            "r = layercore.build(sys.argv[1], store=Store(sys.argv[2]), tags=['nb:1'], "
+            "source_date_epoch=1700000000); print(r.digest)"
+        )
+        done = subprocess.run(
+            [*prefix, "-c", code, str(ctx), str(s.root)],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        image = Store(s.root).load("nb:1")
+        assert image.stack.read("uid") == b"0\n" and image.stack.read("ran") == b"ran\n"
+        ran = image.stack.lookup("ran")
+        assert ran is not None and (ran.uid, ran.gid) == (0, 0)
+        # The RUN layer holds what the command wrote, nothing it only saw.
+        run_layer = layercore.Layer.open(image.layers[-1].path)
+        assert sorted(e.path for e in run_layer.entries()) == ["ran", "uid"]
+    finally:
+        shutil.rmtree(base)

@@ -646,7 +646,8 @@ class _Build:
             rootfs,
             compression=self.compression,
             source_date_epoch=self.epoch,
-            owner="numeric",
+            # Not root: the sandbox's root was the caller, so its files belong to root.
+            owner="numeric" if os.geteuid() == 0 else "root",
         )
         image = image.append(
             layer,
