@@ -1,10 +1,11 @@
 """`make demo`: images in the embedded default store, sharing one base.
 
 Into the store at ``$LAYERCORE_HOME`` (default ``~/.local/share/layercore``) it builds a base
-image from a busybox-static root filesystem, an app image on top of it (one layer, then config
-changes), and a second app on the same base. It then shows the app's history, which layer
-provides a file, the store's disk use with the base stored once, and exports the app to an OCI
-layout and a docker-archive in ``./demo-export``.
+image from a busybox-static root filesystem, then an app and a worker on that base from one
+two-stage Dockerfile (``layercore build``: a RUN in the first stage, COPY from the context and
+from that stage, metadata), showing each build's steps. It then shows the app's history, which
+layer provides a file, the store's disk use with the base stored once, and exports the app to
+an OCI layout and a docker-archive in ``./demo-export``.
 
 Every timestamp comes from a fixed ``SOURCE_DATE_EPOCH``, so running the demo again produces the
 same digests and writes no layer twice.
@@ -56,6 +57,23 @@ def app_tree(root: Path, name: str, assets: int) -> None:
         (app / "static" / f"{name}-{i:03d}.css").write_text(f".c{i} {{ color: #{i:06x}; }}\n" * 40)
 
 
+DOCKERFILE = """\
+FROM demo/base:1 AS assets
+ARG NAME
+RUN mkdir -p /out && echo "built for $NAME" > /out/BUILD-INFO
+
+FROM demo/base:1
+ARG NAME
+WORKDIR /app
+COPY app/ ./
+COPY --from=assets /out/BUILD-INFO ./
+ENV APP=$NAME
+LABEL org.opencontainers.image.title=$NAME
+EXPOSE 8080
+CMD ["/app/main.sh"]
+"""
+
+
 def run(store: Store, *argv: str) -> None:
     """Runs one `layercore` command against the store, echoing it first."""
     print(f"\n$ layercore {' '.join(argv)}", flush=True)
@@ -87,19 +105,23 @@ def main() -> None:
         base = store.save(base, BASE)
         print(f"saved {BASE:<14} {base.digest}  ({time.perf_counter() - started:.2f} s)")
 
+        dockerfile = work / "Dockerfile"
+        dockerfile.write_text(DOCKERFILE)
+        print(f"\n{dockerfile}:\n{DOCKERFILE}")
         for tag, tree, name in ((APP, app, "app"), (WORKER, worker, "worker")):
-            started = time.perf_counter()
-            image = (
-                base.append(
-                    store.build_layer(tree, source_date_epoch=EPOCH),
-                    created_by=f"COPY {name} /app",
-                )
-                .with_config(working_dir="/app", env={"APP": name})
-                .with_config(labels={"org.opencontainers.image.title": name})
-                .with_config(cmd=["/app/main.sh"], exposed_ports=["8080/tcp"])
+            run(
+                store,
+                "build",
+                "-f",
+                str(dockerfile),
+                "-t",
+                tag,
+                "--build-arg",
+                f"NAME={name}",
+                "--progress",
+                "plain",
+                str(tree),
             )
-            image = store.save(image, tag)
-            print(f"saved {tag:<14} {image.digest}  ({time.perf_counter() - started:.2f} s)")
 
     started = time.perf_counter()
     store.save(store.load(APP), APP)
