@@ -349,8 +349,7 @@ def test_build_as_an_unprivileged_user(tmp_path: Path) -> None:
         ctx.mkdir()
         (ctx / "a.txt").write_text("a")
         (ctx / "Dockerfile").write_text(
-            "FROM busybox:test\nCOPY a.txt /a.txt\n"
-            "RUN id -u > /uid && echo ran > /ran\n"
+            "FROM busybox:test\nCOPY a.txt /a.txt\nRUN id -u > /uid && echo ran > /ran\n"
         )
         for dirpath, dirnames, filenames in os.walk(base):
             for name in [*dirnames, *filenames]:
