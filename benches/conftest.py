@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from layercore import BuildInfo
 
 # Only the benchmark modules are test files; the helpers are imported by them.
-collect_ignore = ["trees.py", "rss.py", "report.py"]
+collect_ignore = ["trees.py", "rss.py", "report.py", "processes.py"]
 
 
 def _build_info() -> BuildInfo | None:

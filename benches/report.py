@@ -728,6 +728,24 @@ def store_targets(res: Results, add: Any) -> None:
         )
         r = paired_ratio(res, group)
         add(name, tree, required, r, r is not None and r >= needed, fmt_ratio(r))
+    for name, group, needed, required in (
+        ("cold two-stage build vs `buildah bud --layers`", "build/two-stages", 10.0, "≥ 10x"),
+        ("COPY of a 30,000-file directory vs `buildah bud`", "build/copy-30k-files", 5.0, "≥ 5x"),
+    ):
+        r = paired_ratio(res, group)
+        add(name, "build context", required, r, r is not None and r >= needed, fmt_ratio(r))
+    b = res.subject("build-rss/two-stages")
+    rss = b.info.get("rss_kib") if b is not None else None
+    kib = rss.get("build") if isinstance(rss, dict) else None
+    mib = None if kib is None else kib / 1024
+    add(
+        "peak RSS of the two-stage `layercore build` (whole process)",
+        "build context",
+        "< 200 MiB",
+        mib,
+        mib is not None and mib < 200,
+        f"{mib:.0f} MiB" if mib is not None else "",
+    )
     b = res.subject("registry-rss/2g")
     rss = b.info.get("rss_kib") if b is not None else None
     for op in ("push", "pull"):

@@ -19,11 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import trees
 
 sys.path.insert(0, str(trees.REPO_ROOT / "tests"))
 from layercore import Image, Store
+from processes import paired, peak_rss, run
 from registry_harness import Registry
 
 SMOKE = trees.smoke_mode()
@@ -44,11 +43,6 @@ BLOB_BYTES = 3 * MB if SMOKE else 1000 * MB
 RSS_BYTES = 4 * MB if SMOKE else 2000 * MB
 PAIRS = 1 if SMOKE else 3
 SKOPEO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
-PARENT = r"""
-import json, resource, subprocess, sys
-rc = subprocess.run(sys.argv[1:], check=False, stdout=subprocess.DEVNULL).returncode
-print(json.dumps({"rc": rc, "maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
-"""
 
 
 def _random_file(path: Path, size: int) -> None:
@@ -174,61 +168,6 @@ def layercore(p: Prepared, *args: str, store: Path | None = None) -> list[str]:
 
 def skopeo(p: Prepared, *args: str) -> list[str]:
     return ["skopeo", "--policy", str(p.policy), "copy", "--quiet", *args]
-
-
-def run(cmd: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr}")
-
-
-def paired(
-    benchmark: Any,
-    group: str,
-    baseline: str,
-    bytes_in: int,
-    setup: Callable[[str], tuple[list[str], list[str]]],
-    env: dict[str, str],
-    check: Callable[[], None] | None = None,
-) -> None:
-    """Alternates layercore's and the baseline's command, A B B A ...; ``setup(who)`` prepares
-    a round (untimed) and returns ``(layercore command, baseline command)``."""
-    times: dict[str, list[float]] = {"layercore": [], "baseline": []}
-    order = [("layercore", "baseline"), ("baseline", "layercore")]
-    sequence = [who for i in range(PAIRS) for who in order[i % 2]]
-    state = {"round": 0}
-
-    def one_round() -> None:
-        who = sequence[state["round"]]
-        state["round"] += 1
-        ours, theirs = setup(who)
-        if not SMOKE:
-            os.sync()
-        cmd = ours if who == "layercore" else theirs
-        start = time.perf_counter()
-        run(cmd, env)
-        times[who].append(time.perf_counter() - start)
-        if who == "layercore" and check is not None:
-            check()
-
-    benchmark.group = group
-    benchmark.pedantic(one_round, rounds=len(sequence), iterations=1)
-    while state["round"] < len(sequence):
-        one_round()
-    benchmark.extra_info.update(
-        tool="layercore",
-        subject=True,
-        bytes_in=bytes_in,
-        bytes_out=None,
-        paired={
-            "baseline": baseline,
-            "subject_times": times["layercore"],
-            "baseline_times": times["baseline"],
-        },
-        ratio=statistics.median(
-            b / s for s, b in zip(times["layercore"], times["baseline"], strict=True) if s > 0
-        ),
-    )
 
 
 def _push_bytes(image: Image) -> int:
@@ -446,15 +385,6 @@ def test_one_big_blob_pull(benchmark: Any, prepared: Prepared, registries: Regis
     rounds.close()
 
 
-def _peak_rss(cmd: list[str], env: dict[str, str]) -> int:
-    done = subprocess.run(
-        [sys.executable, "-c", PARENT, *cmd], env=env, capture_output=True, text=True, check=True
-    )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["rc"] == 0, cmd
-    return int(result["maxrss_kib"])
-
-
 def test_memory_push_and_pull_2g(
     benchmark: Any, prepared: Prepared, registries: Registries
 ) -> None:
@@ -467,9 +397,9 @@ def test_memory_push_and_pull_2g(
     results: dict[str, int] = {}
 
     def probe() -> None:
-        results["baseline"] = _peak_rss(layercore(p, "--version"), p.env)
-        results["push"] = _peak_rss(layercore(p, "push", "rss1", f"{reg.host}/rss:1"), p.env)
-        results["pull"] = _peak_rss(
+        results["baseline"] = peak_rss(layercore(p, "--version"), p.env)
+        results["push"] = peak_rss(layercore(p, "push", "rss1", f"{reg.host}/rss:1"), p.env)
+        results["pull"] = peak_rss(
             layercore(p, "pull", f"{reg.host}/rss:1", store=out / "store"), p.env
         )
 

@@ -1,0 +1,185 @@
+"""layercore build against buildah (`bud --layers --isolation chroot`, vfs storage) on the same
+Dockerfile and context, whole processes on both sides, alternating round by round, each round
+cold: a new store for layercore, a new storage root for buildah, both holding only the base
+image (put there outside the timed part). Outputs go to the benchmark scratch directory.
+
+- a two-stage build: COPY of 5,000 files (60 MB), three RUN steps that add, delete and modify
+  files, metadata, and a final stage that copies from the first;
+- COPY of a 30,000-file directory;
+- peak RSS of the two-stage `layercore build`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import trees
+
+sys.path.insert(0, str(trees.REPO_ROOT / "tests"))
+from layercore import Image, Store
+from processes import SMOKE, paired, peak_rss, run
+
+EPOCH = 1_700_000_000
+FILES = 50 if SMOKE else 5_000
+FILE_BYTES = 12_000
+MANY = 300 if SMOKE else 30_000
+BASE_TAG = "localhost/busybox:bench"
+TWO_STAGES = f"""\
+FROM {BASE_TAG} AS build
+COPY src/ /src/
+RUN mkdir -p /out && cp -r /src/d0 /src/d1 /out/
+RUN rm -rf /src/d2 /out/d1/f0 && echo changed > /out/d0/f1
+RUN echo modified >> /src/d3/f0 && chmod 0600 /src/d3/f1
+ENV MODE=bench
+LABEL org.example.bench=yes
+WORKDIR /out
+FROM {BASE_TAG}
+COPY --from=build /out /out
+COPY --from=build /src/d3 /d3
+CMD ["sh"]
+"""
+MANY_FILES = f"FROM {BASE_TAG}\nCOPY many/ /many/\n"
+
+
+@dataclass
+class Prepared:
+    root: Path
+    base_layout: Path  # an OCI layout holding the base, as layercore's store and for buildah
+    two_stages: Path
+    many_files: Path
+    env: dict[str, str]
+
+
+def _busybox_rootfs(root: Path) -> None:
+    busybox = shutil.which("busybox")
+    assert busybox is not None, "busybox-static is missing (make installs it)"
+    for d in ("bin", "etc", "tmp"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "tmp", 0o1777)
+    shutil.copy(busybox, root / "bin" / "busybox")
+    for applet in ("sh", "cp", "rm", "mkdir", "echo", "chmod", "cat", "ls", "true"):
+        os.symlink("busybox", root / "bin" / applet)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+
+
+@pytest.fixture(scope="module")
+def prepared() -> Iterator[Prepared]:
+    root = trees.scratch_dir() / f"build-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    _busybox_rootfs(root / "rootfs")
+    base_store = Store(root / "base")
+    layer = base_store.build_layer(root / "rootfs", source_date_epoch=EPOCH)
+    base = Image.scratch(created=EPOCH).append(layer).with_config(env={"PATH": "/bin"})
+    base_store.save(base, BASE_TAG)
+    two = root / "two-stages"
+    per_dir = max(FILES // 10, 1)
+    for i in range(FILES):
+        path = two / "src" / f"d{i // per_dir}" / f"f{i % per_dir}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(FILE_BYTES))
+    (two / "Dockerfile").write_text(TWO_STAGES)
+    many = root / "many-files"
+    for i in range(MANY):
+        path = many / "many" / f"d{i // 1000:02d}" / f"f{i:05d}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"file {i}\n")
+    (many / "Dockerfile").write_text(MANY_FILES)
+    (root / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    env = {**os.environ, "TMPDIR": str(root)}
+    yield Prepared(root, base_store.root, two, many, env)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class Rounds:
+    """A new store (layercore) or storage root (buildah) per round, seeded with the base."""
+
+    def __init__(self, p: Prepared, name: str) -> None:
+        self.p = p
+        self.base = p.root / name
+        self.count = 0
+
+    def layercore_store(self) -> Path:
+        self.count += 1
+        store = self.base / f"store-{self.count}"
+        shutil.copytree(self.p.base_layout, store, symlinks=True)
+        return store
+
+    def buildah_root(self) -> list[str]:
+        self.count += 1
+        work = self.base / f"buildah-{self.count}"
+        args = ["buildah", "--root", str(work / "root"), "--runroot", str(work / "run")]
+        args += ["--storage-driver", "vfs"]
+        # buildah names an image pulled from a layout after its path: skopeo names it.
+        storage = f"containers-storage:[vfs@{work / 'root'}+{work / 'run'}]{BASE_TAG}"
+        policy = self.p.root / "policy.json"
+        run(
+            ["skopeo", "--policy", str(policy), "copy", "-q",
+             f"oci:{self.p.base_layout}:{BASE_TAG}", storage],
+            self.p.env,
+        )  # fmt: skip
+        return args
+
+    def close(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _layercore_build(store: Path, context: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "layercore", "--store", str(store), "build", "-t", "bench:1",
+        "--progress", "plain", "--source-date-epoch", str(EPOCH), str(context),
+    ]  # fmt: skip
+
+
+def _buildah_bud(args: list[str], context: Path) -> list[str]:
+    return [*args, "bud", "-q", "--layers", "--isolation", "chroot", "-t", "bench:1", str(context)]
+
+
+def _paired_build(benchmark: Any, p: Prepared, group: str, context: Path, bytes_in: int) -> None:
+    rounds = Rounds(p, group.replace("/", "-"))
+
+    def setup(who: str) -> tuple[list[str], list[str]]:
+        if who == "layercore":
+            return _layercore_build(rounds.layercore_store(), context), []
+        return [], _buildah_bud(rounds.buildah_root(), context)
+
+    try:
+        paired(benchmark, group, "buildah bud --layers", bytes_in, setup, p.env)
+    finally:
+        rounds.close()
+
+
+def test_cold_two_stage_build(benchmark: Any, prepared: Prepared) -> None:
+    _paired_build(benchmark, prepared, "build/two-stages", prepared.two_stages, FILES * FILE_BYTES)
+
+
+def test_copy_of_many_files(benchmark: Any, prepared: Prepared) -> None:
+    _paired_build(benchmark, prepared, "build/copy-30k-files", prepared.many_files, MANY * 10)
+
+
+def test_memory_two_stage_build(benchmark: Any, prepared: Prepared) -> None:
+    """Peak RSS of the whole two-stage `layercore build` process."""
+    rounds = Rounds(prepared, "build-rss")
+    results: dict[str, int] = {}
+
+    def probe() -> None:
+        store = rounds.layercore_store()
+        results["build"] = peak_rss(_layercore_build(store, prepared.two_stages), prepared.env)
+
+    benchmark.group = "build-rss/two-stages"
+    benchmark.pedantic(probe, rounds=1, iterations=1)
+    if not results:
+        probe()
+    benchmark.extra_info.update(
+        tool="layercore", subject=True, bytes_in=FILES * FILE_BYTES, bytes_out=None,
+        rss_kib=results,
+    )  # fmt: skip
+    rounds.close()
