@@ -467,6 +467,14 @@ class Store:
             self._add_entry(image.manifest_descriptor.to_json(), tag)
         return Image(image.manifest_bytes, image.config_bytes, layers, index_dir=self._index_dir)
 
+    def attach(self, image: Image) -> Image:
+        """``image`` with its merged view's layer indexes cached in the store, as a loaded
+        image's are: for an image made of the store's layers but not saved yet (a build's
+        intermediate images), so each layer is indexed once however often it is looked at."""
+        return Image(
+            image.manifest_bytes, image.config_bytes, image.layers, index_dir=self._index_dir
+        )
+
     def load(self, ref: str) -> Image:
         """The image under the tag ``ref``, or with the manifest digest ``ref`` (``sha256:<hex>``,
         or a prefix of at least 12 hex digits that only one image of the index has).

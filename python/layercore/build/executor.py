@@ -301,8 +301,9 @@ class _Build:
             onbuild = parse_dockerfile("\n".join(triggers), f"ONBUILD of {stage.base}")
             instructions.extend(onbuild.instructions)
         instructions.extend(stage.instructions)
+        image = self.store.attach(image)
         for ins in instructions:
-            image = self.step(stage, state, image, ins)
+            image = self.store.attach(self.step(stage, state, image, ins))
         return image
 
     def step(self, stage: Stage, state: StageState, image: Image, ins: Instruction) -> Image:
@@ -549,6 +550,11 @@ class _Build:
         for s in self.plan.stages:
             if s.name == ref.lower() or str(s.index) == ref:
                 index = s.index
+        if index is not None and index in self.rootfs:
+            # The stage ran a RUN: its root filesystem is there, brought up to date.
+            path = self.rootfs_for(self.plan.stages[index], self.images[index])
+            self.trees[ref] = path
+            return path
         image = self.images[index] if index is not None else self.image(ref, ins)
         path = self.workspace("from")
         image.stack.extract(path)
