@@ -202,7 +202,9 @@ def test_copy_rules(store: Store, tmp_path: Path) -> None:
         ("COPY missing.txt /x", DockerfileError, "not in the build context"),
         ("COPY --chown=nobody one.txt /x", DockerfileError, "unable to find user nobody"),
         ("COPY --chmod=9z one.txt /x", DockerfileError, "invalid --chmod"),
-        ("RUN --mount=type=cache,target=/c true", DockerfileError, "not supported yet"),
+        ("RUN --mount=type=ssh true", DockerfileError, "type=ssh is not supported"),
+        ("RUN --mount=type=secret,id=tok,required true", DockerfileError, "'tok' is required"),
+        ("RUN --mount=type=bind,source=nope,target=/m true", DockerfileError, "not in the build"),
     ],
 )
 def test_copy_and_run_errors_name_the_line(
@@ -374,3 +376,63 @@ def test_build_as_an_unprivileged_user(tmp_path: Path) -> None:
         assert sorted(e.path for e in run_layer.entries()) == ["ran", "uid"]
     finally:
         shutil.rmtree(base)
+
+
+def test_run_mounts_leave_nothing_in_the_layer(store: Store, tmp_path: Path) -> None:
+    """bind (context, read-only and rw), cache (kept between builds), tmpfs and secret mounts:
+    the command sees them; the layer, the history and the context keep nothing of them."""
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t")
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test AS tools
+        RUN mkdir /tools && echo tool > /tools/t
+        FROM busybox:test
+        RUN --mount=type=bind,source=data,target=/mnt cat /mnt/x > /from-context
+        RUN --mount=type=bind,source=data,target=/mnt,rw echo changed > /mnt/x
+        RUN --mount=type=bind,from=tools,source=/tools,target=/opt/t cat /opt/t/t > /from-stage
+        RUN --mount=type=cache,target=/root/.cache,sharing=locked \
+            echo run >> /root/.cache/log && wc -l < /root/.cache/log > /cache-lines
+        RUN --mount=type=tmpfs,target=/scratch echo tmp > /scratch/x && ls /scratch > /tmpfs-ls
+        RUN --mount=type=secret,id=token cat /run/secrets/token > /dev/null && echo ok > /secret
+        """,
+        {"data/x": "from the context\n", "data/ignored": "no", ".dockerignore": "data/ignored\n"},
+    )
+    first = store.load(layercore.build(ctx, store=store, secrets={"token": secret}).digest)
+    view = first.stack
+    assert view.read("from-context") == b"from the context\n"
+    assert (ctx / "data" / "x").read_text() == "from the context\n"  # rw: thrown away
+    assert view.read("from-stage") == b"tool\n"
+    assert view.read("tmpfs-ls") == b"x\n" and view.read("secret") == b"ok\n"
+    for gone in ("mnt", "opt", "scratch", "run", "root/.cache", "tools"):
+        assert view.lookup(gone) is None, gone
+    for layer in first.layers[1:]:
+        blob = layer.path.read_bytes()
+        assert b"s3cr3t" not in blob
+    assert all("s3cr3t" not in (h.created_by or "") for h in first.history)
+    assert first.config_bytes.find(b"s3cr3t") < 0
+    # The cache mount kept its contents for the next build.
+    second = store.load(layercore.build(ctx, store=store, secrets={"token": secret}).digest)
+    assert first.stack.read("cache-lines").strip() == b"1"
+    assert second.stack.read("cache-lines").strip() == b"2"
+
+
+def test_run_mounts_as_a_non_root_user(store: Store, tmp_path: Path) -> None:
+    """The same mounts through the other sandbox (util-linux unshare, for a USER who is not
+    root): seen by the command, gone from the layer."""
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test
+        USER app
+        RUN --mount=type=bind,source=data,target=/mnt --mount=type=tmpfs,target=/t \\
+            cat /mnt/x > /tmp/seen && touch /t/x && ls /t > /tmp/t-ls
+        """,
+        {"data/x": "seen\n"},
+    )
+    image = store.load(layercore.build(ctx, store=store).digest)
+    seen = image.stack.lookup("tmp/seen")
+    assert seen is not None and (seen.uid, seen.gid) == (1000, 1000)
+    assert image.stack.read("tmp/seen") == b"seen\n" and image.stack.read("tmp/t-ls") == b"x\n"
+    assert image.stack.lookup("mnt") is None and image.stack.lookup("t") is None

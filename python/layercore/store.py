@@ -467,6 +467,32 @@ class Store:
             self._add_entry(image.manifest_descriptor.to_json(), tag)
         return Image(image.manifest_bytes, image.config_bytes, layers, index_dir=self._index_dir)
 
+    def cache_mount(self, cache_id: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Path:
+        """The directory that holds a build's ``RUN --mount=type=cache,id=ID`` between builds,
+        in ``.layercore/cache/``: created empty on first use with ``mode`` and owner ``uid``:
+        ``gid`` (the owner only when root), then kept as the builds leave it."""
+        name = sha256_digest(cache_id.encode()).removeprefix("sha256:")[:32]
+        path = self._private / "cache" / name
+        if not path.is_dir():
+            path.parent.mkdir(exist_ok=True)
+            staging = self._tmp_path(".cache.d")
+            staging.mkdir()
+            os.chmod(staging, mode)
+            if os.geteuid() == 0:
+                os.chown(staging, uid, gid)
+            try:
+                staging.rename(path)
+            except OSError:
+                _remove_tree(staging)  # another build made it first
+        return path
+
+    @contextmanager
+    def cache_lock(self, cache_id: str) -> Iterator[None]:
+        """Holds a cache mount for one step (``sharing=locked``): other processes wait."""
+        path = self.cache_mount(cache_id)
+        with _flock(path.with_name(path.name + ".lock"), fcntl.LOCK_EX):
+            yield
+
     def attach(self, image: Image) -> Image:
         """``image`` with its merged view's layer indexes cached in the store, as a loaded
         image's are: for an image made of the store's layers but not saved yet (a build's

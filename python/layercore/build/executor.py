@@ -33,6 +33,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import shlex
 import shutil
 import stat
 import subprocess
@@ -68,7 +69,7 @@ __all__ = ["BuildEvent", "BuildResult", "BuildStep", "build"]
 
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Mount points bwrap creates in the root filesystem if they are missing; removed after a RUN.
-_MOUNT_POINTS = ("proc", "dev", "etc/hosts", "etc/resolv.conf", "etc")
+_MOUNT_POINTS = ("proc", "dev", "etc/hosts", "etc/resolv.conf")
 _OUTPUT_LINES = 20
 
 
@@ -140,13 +141,16 @@ def build(
     compression: Compression = "gzip",
     no_cache: bool = False,
     progress: Progress | None = None,
+    secrets: Mapping[str, StrPath] | None = None,
 ) -> BuildResult:
     """Builds the Dockerfile (``dockerfile``, default ``CONTEXT/Dockerfile``; or its text as
     ``dockerfile_text``) with the directory ``context``; saves the image under each of
     ``tags`` in ``store`` (default: the embedded store). ``labels`` are added to the final
     image; ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) fixes ``created`` and
-    clamps mtimes. ``no_cache`` is accepted for the command line's sake: there is no build
-    cache yet, so every step runs. Raises :class:`~layercore.errors.DockerfileError` for a
+    clamps mtimes. ``secrets`` maps ids to files for ``RUN --mount=type=secret``: they are
+    mounted read-only for the step and never reach a layer, the history or the config.
+    ``no_cache`` is accepted for the command line's sake: there is no build cache yet, so
+    every step runs. Raises :class:`~layercore.errors.DockerfileError` for a
     Dockerfile at fault and :class:`~layercore.errors.BuildError` for a step that failed;
     nothing is tagged then."""
     del no_cache
@@ -191,6 +195,7 @@ def build(
         source_date_epoch=source_date_epoch,
         compression=compression,
         progress=progress or (lambda _event: None),
+        secrets={k: Path(v) for k, v in (secrets or {}).items()},
     )
     warnings = list(df.warnings)
     if plan.unused_build_args:
@@ -223,8 +228,10 @@ class _Build:
         source_date_epoch: int | None,
         compression: Compression,
         progress: Progress,
+        secrets: dict[str, Path],
     ) -> None:
         self.store = store
+        self.secrets = secrets
         self.context = context
         self.ignore = ignore
         self.df = dockerfile
@@ -564,8 +571,6 @@ class _Build:
     # -- RUN
 
     def run_step(self, stage: Stage, state: StageState, image: Image, ins: Instruction) -> Image:
-        if ins.flag_values("mount"):
-            raise self.fail("RUN --mount is not supported yet", ins)
         network = ins.flag("network") or "default"
         if network not in ("default", "none", "host"):
             raise self.fail(f"RUN --network={network}: use default, none or host", ins)
@@ -580,12 +585,47 @@ class _Build:
                 )
                 argv = [*state.shell, script]
         rootfs = self.rootfs_for(stage, image)
-        existed = {p: os.path.lexists(rootfs / p) for p in _MOUNT_POINTS}
-        # Creating and removing mount points touches their directories: put their times back.
-        parents = {}
-        for p in ("", "etc"):
-            with suppress(OSError):
-                parents[p] = (rootfs / p).stat(follow_symlinks=False)
+        step_scope = ExitStack()
+        with step_scope:
+            mounts = self.mounts(state, ins, step_scope)
+            targets = [*_MOUNT_POINTS, *(m.target.lstrip("/") for m in mounts)]
+            points = _MountPoints(rootfs, targets)
+            try:
+                self._run(stage, state, image, ins, rootfs, argv, network, mounts)
+            except BaseException:
+                self.rootfs.pop(stage.index, None)
+                raise
+            finally:
+                points.restore()
+        layer = self.store.diff_layer(
+            image.stack if image.layers else self.workspace("empty"),
+            rootfs,
+            compression=self.compression,
+            source_date_epoch=self.epoch,
+            # Not root: the sandbox's root was the caller, so its files belong to root.
+            owner="numeric" if os.geteuid() == 0 else "root",
+        )
+        image = image.append(
+            layer,
+            created_by=state.run_history(argv),
+            comment=BUILDKIT_COMMENT,
+            created=self.created(),
+        )
+        self.rootfs[stage.index] = (list(image.diff_ids), rootfs)
+        return image
+
+    def _run(
+        self,
+        stage: Stage,
+        state: StageState,
+        image: Image,
+        ins: Instruction,
+        rootfs: Path,
+        argv: list[str],
+        network: str,
+        mounts: list[_Mount],
+    ) -> None:
+        """Runs the command; raises :class:`BuildError` if it fails."""
         env = state.run_env()
         env.setdefault("PATH", _DEFAULT_PATH)
         user = state.config.get("User") or ""
@@ -596,10 +636,10 @@ class _Build:
         if network == "none":
             host_files = []
         if uid != 0 and os.geteuid() == 0:
-            command = _chroot_command(rootfs, workdir, uid, gid, network, host_files, argv)
+            command = _chroot_command(rootfs, workdir, uid, gid, network, host_files, mounts, argv)
             process_env = env
         else:
-            command = _bwrap_command(rootfs, workdir, network, host_files, env, argv)
+            command = _bwrap_command(rootfs, workdir, network, host_files, mounts, env, argv)
             process_env = None
         shown = " ".join(argv)
         tail: deque[str] = deque(maxlen=_OUTPUT_LINES)
@@ -630,14 +670,7 @@ class _Build:
         except BaseException:
             _kill(proc)
             raise
-        for p in _MOUNT_POINTS:
-            if not existed[p]:
-                _remove_mount_point(rootfs / p)
-        for p, st in parents.items():
-            with suppress(OSError):
-                os.utime(rootfs / p, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
         if code != 0:
-            self.rootfs.pop(stage.index, None)
             raise BuildError(
                 f"stage {stage.label}: RUN {shown!r} exited with code {code}",
                 self.df.path,
@@ -647,22 +680,87 @@ class _Build:
                 exit_code=code,
                 output="\n".join(tail),
             )
-        layer = self.store.diff_layer(
-            image.stack if image.layers else self.workspace("empty"),
-            rootfs,
-            compression=self.compression,
-            source_date_epoch=self.epoch,
-            # Not root: the sandbox's root was the caller, so its files belong to root.
-            owner="numeric" if os.geteuid() == 0 else "root",
-        )
-        image = image.append(
-            layer,
-            created_by=state.run_history(argv),
-            comment=BUILDKIT_COMMENT,
-            created=self.created(),
-        )
-        self.rootfs[stage.index] = (list(image.diff_ids), rootfs)
-        return image
+
+    def mounts(self, state: StageState, ins: Instruction, scope: ExitStack) -> list[_Mount]:
+        """The ``--mount`` options of a ``RUN``, each made ready on the host: a bind of the
+        context (a staged copy: what .dockerignore leaves) or of a stage's tree, a persistent
+        cache directory of the store (``sharing=locked`` holds its lock for the step), a tmpfs,
+        a secret file given to the build. None of them enters the layer."""
+        out = []
+        for spec in ins.flag_values("mount"):
+            opts: dict[str, str] = {}
+            for part in state.expand(spec, ins).split(","):
+                key, sep, value = part.strip().partition("=")
+                opts[key.lower()] = value if sep else "true"
+            kind = opts.get("type", "bind")
+            if kind not in ("bind", "cache", "tmpfs", "secret"):
+                raise self.fail(f"RUN --mount=type={kind} is not supported", ins)
+            target = opts.get("target") or opts.get("dst") or opts.get("destination")
+            if kind == "secret" and not target:
+                target = "/run/secrets/" + opts.get("id", "")
+            if not target:
+                raise self.fail(f"RUN --mount={spec}: give target=PATH", ins)
+            target = posixpath.normpath(posixpath.join(state.workdir, target))
+            readonly = opts.get("readonly", opts.get("ro", "false")) != "false"
+            if kind == "bind":
+                out.append(self.bind_mount(opts, target, ins, scope))
+            elif kind == "cache":
+                cache_id = opts.get("id") or target
+                mode = int(opts.get("mode", "755"), 8)
+                uid, gid = int(opts.get("uid", "0")), int(opts.get("gid", "0"))
+                directory = self.store.cache_mount(cache_id, mode=mode, uid=uid, gid=gid)
+                if opts.get("sharing", "shared") in ("locked", "private"):
+                    scope.enter_context(self.store.cache_lock(cache_id))
+                out.append(_Mount("bind", directory, target, readonly))
+            elif kind == "tmpfs":
+                out.append(_Mount("tmpfs", None, target, False))
+            elif kind == "secret":
+                secret_id = opts.get("id") or posixpath.basename(target)
+                source = self.secrets.get(secret_id)
+                if source is None:
+                    if opts.get("required", "false") != "false":
+                        raise self.fail(f"secret {secret_id!r} is required but was not given", ins)
+                    continue
+                out.append(_Mount("bind", Path(source), target, True))
+        return out
+
+    def bind_mount(
+        self, opts: Mapping[str, str], target: str, ins: Instruction, scope: ExitStack
+    ) -> _Mount:
+        rw = opts.get("rw", opts.get("readwrite", "false")) != "false"
+        source = posixpath.normpath("/" + opts.get("source", opts.get("src", "/"))).lstrip("/")
+        if "from" in opts:
+            root = self.tree(opts["from"], ins)
+            path = root / source if source else root
+            if not os.path.lexists(path):
+                raise self.fail(f"RUN --mount: {source or '/'} is not in {opts['from']}", ins)
+            if not rw:
+                return _Mount("bind", path, target, True)
+            copy = scope.enter_context(self.store.workspace("mount")) / "src"
+            if path.is_dir():
+                shutil.copytree(path, copy, symlinks=True)
+            else:
+                shutil.copy2(path, copy, follow_symlinks=False)
+            return _Mount("bind", copy, target, False)
+        # The context, as .dockerignore leaves it: staged (linked, or copied when it may be
+        # written: a rw bind's changes are thrown away, never made to the context).
+        rel = source or "."
+        path = self.context / rel if rel != "." else self.context
+        if not os.path.lexists(path) or (rel != "." and self.ignore.ignored(rel)):
+            raise self.fail(f"RUN --mount: {rel} is not in the build context", ins)
+        staging = scope.enter_context(self.store.workspace("mount")) / "src"
+        if path.is_dir() and not path.is_symlink():
+            staging.mkdir()
+            _stage_tree(path, staging, rel, self.ignore, IgnoreRules())
+            if rw:
+                copied = staging.with_name("rw")
+                shutil.copytree(staging, copied, symlinks=True)
+                staging = copied
+        elif rw:
+            shutil.copy2(path, staging, follow_symlinks=False)
+        else:
+            _stage_entry(path, staging)
+        return _Mount("bind", staging, target, not rw)
 
     def rootfs_for(self, stage: Stage, image: Image) -> Path:
         """The stage's tree extracted: the last RUN's, with the layers added since applied."""
@@ -681,6 +779,51 @@ class _Build:
         return path
 
 
+@dataclass(frozen=True)
+class _Mount:
+    """What a RUN gets mounted: ``bind`` of ``source`` (read-only or not) or a ``tmpfs``, at
+    ``target`` in the sandbox."""
+
+    kind: Literal["bind", "tmpfs"]
+    source: Path | None
+    target: str
+    readonly: bool
+
+
+class _MountPoints:
+    """Remembers which paths of ``targets`` (relative to ``rootfs``) and of their parents are
+    missing before a RUN, so the empty files and directories the sandbox creates to mount on
+    can be removed after it, and the times of the directories they were made in restored."""
+
+    def __init__(self, rootfs: Path, targets: Sequence[str]) -> None:
+        self.rootfs = rootfs
+        self.created: list[Path] = []
+        self.times: dict[Path, os.stat_result] = {}
+        for target in targets:
+            parts = [p for p in target.split("/") if p]
+            for i in range(len(parts)):
+                path = rootfs.joinpath(*parts[: i + 1])
+                if not os.path.lexists(path):
+                    parent = path.parent
+                    with suppress(OSError):
+                        self.times.setdefault(parent, parent.lstat())
+                    self.created.extend(
+                        rootfs.joinpath(*parts[: j + 1]) for j in range(i, len(parts))
+                    )
+                    break
+        self.created = sorted(set(self.created), key=lambda p: len(p.parts), reverse=True)
+        with suppress(OSError):
+            self.times.setdefault(rootfs / "etc", (rootfs / "etc").lstat())
+            self.times.setdefault(rootfs, rootfs.lstat())
+
+    def restore(self) -> None:
+        for path in self.created:
+            _remove_mount_point(path)
+        for path, st in self.times.items():
+            with suppress(OSError):
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
 # -- sandboxes -------------------------------------------------------------------------------------
 
 
@@ -689,6 +832,7 @@ def _bwrap_command(
     workdir: str,
     network: str,
     host_files: list[str],
+    mounts: Sequence[_Mount],
     env: Mapping[str, str],
     argv: Sequence[str],
 ) -> list[str]:
@@ -700,6 +844,11 @@ def _bwrap_command(
         command.append("--unshare-net")
     for f in host_files:
         command += ["--ro-bind", f, f]
+    for m in mounts:
+        if m.kind == "tmpfs":
+            command += ["--tmpfs", m.target]
+        else:
+            command += ["--ro-bind" if m.readonly else "--bind", str(m.source), m.target]
     if os.geteuid() != 0:
         command += ["--unshare-user", "--uid", "0", "--gid", "0"]
     command += ["--chdir", workdir, "--clearenv"]
@@ -715,6 +864,7 @@ def _chroot_command(
     gid: int,
     network: str,
     host_files: list[str],
+    mounts: Sequence[_Mount],
     argv: Sequence[str],
 ) -> list[str]:
     """The command as ``uid:gid`` in ``rootfs``, for a caller that is root: files it creates
@@ -730,6 +880,20 @@ def _chroot_command(
         if not target.exists():
             target.touch()
     binds = "".join(f' && mount --bind {f} "$r{f}"' for f in host_files)
+    for m in mounts:
+        target = rootfs / m.target.lstrip("/")
+        if m.kind == "tmpfs" or (m.source is not None and m.source.is_dir()):
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch(exist_ok=True)
+        quoted = shlex.quote(str(target))
+        if m.kind == "tmpfs":
+            binds += f" && mount -t tmpfs tmpfs {quoted}"
+        else:
+            binds += f" && mount --bind {shlex.quote(str(m.source))} {quoted}"
+            if m.readonly:
+                binds += f" && mount -o remount,ro,bind {quoted}"
     script = f'r="$1"; shift; mount --rbind /dev "$r/dev"{binds} && exec "$@"'
     inner = ["unshare", "--pid", "--fork", "--ipc", "--uts", "--mount-proc=/proc"]
     inner += ["--root", str(rootfs), "--wd", workdir, "--setgid", str(gid), "--setuid", str(uid)]

@@ -64,6 +64,13 @@ def register(commands: Commands) -> None:
         default="auto",
         help="how progress is shown on stderr (default: auto)",
     )
+    p.add_argument(
+        "--secret",
+        metavar="id=ID,src=PATH",
+        action="append",
+        default=[],
+        help="a file for RUN --mount=type=secret,id=ID (never stored in the image)",
+    )
     p.add_argument("--compression", choices=("gzip", "zstd"), default="gzip")
     p.add_argument("--source-date-epoch", metavar="SECONDS", type=int)
 
@@ -125,6 +132,13 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
 
     build_args = _pairs(args.build_arg, "--build-arg", from_env=True)
     labels = _pairs(args.label, "--label", from_env=False)
+    secrets = {}
+    for spec in args.secret:
+        fields = dict(part.partition("=")[::2] for part in spec.split(","))
+        source = fields.get("src") or fields.get("source")
+        if not fields.get("id") or not source:
+            raise UsageError(f"--secret {spec!r}: write id=ID,src=PATH")
+        secrets[fields["id"]] = source
     text = None
     dockerfile = args.file
     if dockerfile == "-":
@@ -145,6 +159,7 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
         compression=args.compression,
         no_cache=args.no_cache,
         progress=printer,
+        secrets=secrets,
     )
     if session.json:
         session.emit_json(
