@@ -8,6 +8,7 @@ import os
 import shutil
 import tarfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -436,3 +437,54 @@ def test_run_mounts_as_a_non_root_user(store: Store, tmp_path: Path) -> None:
     assert seen is not None and (seen.uid, seen.gid) == (1000, 1000)
     assert image.stack.read("tmp/seen") == b"seen\n" and image.stack.read("tmp/t-ls") == b"x\n"
     assert image.stack.lookup("mnt") is None and image.stack.lookup("t") is None
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[str]:
+    """A plain HTTP server on 127.0.0.1 serving tmp_path/www (with Last-Modified)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *_args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_add_of_a_url(store: Store, tmp_path: Path, web: str) -> None:
+    import hashlib
+
+    www = tmp_path / "www"
+    (www / "tool.tar.gz").write_bytes(b"not unpacked: an ADD of a URL keeps the file")
+    os.utime(www / "tool.tar.gz", (1_600_000_000, 1_600_000_000))
+    digest = "sha256:" + hashlib.sha256((www / "tool.tar.gz").read_bytes()).hexdigest()
+    ctx = context(
+        tmp_path,
+        f"""
+        FROM busybox:test
+        ADD {web}/tool.tar.gz /opt/
+        ADD --checksum={digest} {web}/tool.tar.gz /pinned.bin
+        """,
+    )
+    image = store.load(layercore.build(ctx, store=store).digest)
+    got = image.stack.lookup("opt/tool.tar.gz")
+    assert got is not None and (got.mode, got.mtime) == (0o600, 1_600_000_000)
+    assert image.stack.read("pinned.bin") == (www / "tool.tar.gz").read_bytes()
+    wrong = "sha256:" + "0" * 64
+    (ctx / "Dockerfile").write_text(
+        f"FROM busybox:test\nADD --checksum={wrong} {web}/tool.tar.gz /x\n"
+    )
+    with pytest.raises(DockerfileError, match="not to --checksum"):
+        layercore.build(ctx, store=store)
+    (ctx / "Dockerfile").write_text(f"FROM busybox:test\nADD {web}/missing /x\n")
+    with pytest.raises(DockerfileError, match="HTTP 404"):
+        layercore.build(ctx, store=store)
+    (ctx / "Dockerfile").write_text(f"FROM busybox:test\nCOPY {web}/tool.tar.gz /x\n")
+    with pytest.raises(DockerfileError, match="COPY cannot take a URL"):
+        layercore.build(ctx, store=store)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import re
 import shlex
 import shutil
 import stat
@@ -455,8 +456,11 @@ class _Build:
             )
         dest_word = state.expand(args[-1], ins)
         sources = [a if a in heredocs else state.expand(a, ins) for a in args[:-1]]
-        if add and any(s.startswith(("http://", "https://", "git@")) for s in sources):
-            raise self.fail("ADD of a URL is not supported yet", ins)
+        if not add and any(s.startswith(("http://", "https://")) for s in sources):
+            raise self.fail("COPY cannot take a URL: use ADD", ins)
+        if add and any(s.startswith("git@") or s.endswith(".git") for s in sources):
+            raise self.fail("ADD of a git repository is not supported", ins)
+        checksum = ins.flag("checksum")
         chown = ins.flag("chown")
         uid, gid = self.owner(state.expand(chown, ins), image, ins) if chown else (0, 0)
         chmod_text = ins.flag("chmod")
@@ -478,10 +482,13 @@ class _Build:
             root, ignore = self.tree(state.expand(source_from, ins), ins), IgnoreRules()
         else:
             root, ignore = self.context, self.ignore
-        matches: list[tuple[str, str | None]] = []  # (relative source, heredoc name)
+        matches: list[tuple[str, str | None]] = []  # (relative source or URL, heredoc name)
         for src in sources:
             if src in heredocs:
                 matches.append((src, heredocs[src].name))
+                continue
+            if src.startswith(("http://", "https://")):
+                matches.append((src, _URL))
                 continue
             try:
                 found = resolve_sources(root, src, ignore, line=ins.line, dockerfile=self.df.path)
@@ -510,11 +517,17 @@ class _Build:
             )
         # A directory's contents go into the destination; so do files named as a directory.
         single = matches[0][0] if len(matches) == 1 and matches[0][1] is None else None
+        if checksum is not None and not (len(matches) == 1 and matches[0][1] == _URL):
+            raise self.fail("ADD --checksum takes exactly one URL source", ins)
         single_dir = single is not None and (is_dir(single) or (add and _is_archive(root / single)))
         into_dir = named_dir or len(matches) > 1 or single_dir
         under = dest.strip("/") if into_dir else posixpath.dirname(dest).strip("/")
         with self.store.workspace("copy") as staging:
             for rel, heredoc_name in matches:
+                if heredoc_name == _URL:
+                    name = _url_name(rel) if into_dir else posixpath.basename(dest)
+                    self.fetch(rel, staging / name, checksum, ins)
+                    continue
                 if heredoc_name is not None:
                     doc = heredocs[rel]
                     content = doc.content
@@ -548,6 +561,37 @@ class _Build:
         return image.append(
             layer, created_by=created_by, comment=BUILDKIT_COMMENT, created=self.created()
         )
+
+    def fetch(self, url: str, target: Path, checksum: str | None, ins: Instruction) -> None:
+        """``ADD URL``: the body at ``target``, mode 0600, its mtime from ``Last-Modified``
+        (else the build's time); with ``--checksum`` the bytes must hash to it."""
+        from email.utils import parsedate_to_datetime
+
+        from layercore import _core
+        from layercore.errors import DigestMismatchError, NetworkError
+
+        if checksum is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", checksum):
+            raise self.fail(f"ADD --checksum={checksum}: give sha256:<64 hex digits>", ins)
+        partial = target.with_name(target.name + ".part")
+        try:
+            reply = _core.HttpClient().download(url, [], partial, expected_digest=checksum)
+        except DigestMismatchError as e:
+            raise self.fail(
+                f"ADD {url}: the download hashes to {e.actual}, not to --checksum={checksum}", ins
+            ) from None
+        except NetworkError as e:
+            raise self.fail(f"ADD {url}: {e.message}", ins) from None
+        if reply.digest is None:
+            partial.unlink(missing_ok=True)
+            raise self.fail(f"ADD {url}: the server answered HTTP {reply.status}", ins)
+        partial.rename(target)
+        os.chmod(target, 0o600)
+        mtime = self.created()
+        modified = reply.header("last-modified")
+        if modified:
+            with suppress(TypeError, ValueError):
+                mtime = int(parsedate_to_datetime(modified).timestamp())
+        os.utime(target, (mtime, mtime))
 
     def tree(self, ref: str, ins: Instruction) -> Path:
         """The extracted tree of a stage (by name or index) or an image, for ``--from``."""
@@ -901,6 +945,18 @@ def _chroot_command(
     if network == "none":
         outer.append("--net")
     return [*outer, "--", "/bin/sh", "-c", script, "sh", str(rootfs), *inner, "--", *argv]
+
+
+#: The mark of a URL source among a COPY's matches.
+_URL = "\0url"
+
+
+def _url_name(url: str) -> str:
+    """The file name ``ADD URL dir/`` gives: the URL path's last part, as BuildKit does."""
+    import urllib.parse
+
+    base = posixpath.basename(urllib.parse.urlsplit(url).path)
+    return base if base not in ("", ".", "/") else "__unnamed__"
 
 
 # -- staging ---------------------------------------------------------------------------------------
