@@ -488,3 +488,17 @@ def test_add_of_a_url(store: Store, tmp_path: Path, web: str) -> None:
     (ctx / "Dockerfile").write_text(f"FROM busybox:test\nCOPY {web}/tool.tar.gz /x\n")
     with pytest.raises(DockerfileError, match="COPY cannot take a URL"):
         layercore.build(ctx, store=store)
+
+
+def test_copy_parents_keeps_the_source_paths(store: Store, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        "FROM busybox:test\nCOPY --parents */x/*.txt /out/\nCOPY --parents a/x /keep\n",
+        {"a/x/f.txt": "f", "b/x/g.txt": "g", "b/x/skip.md": "no"},
+    )
+    image = store.load(layercore.build(ctx, store=store).digest)
+    view = image.stack
+    assert view.read("out/a/x/f.txt") == b"f" and view.read("out/b/x/g.txt") == b"g"
+    assert view.lookup("out/b/x/skip.md") is None
+    assert view.read("keep/a/x/f.txt") == b"f"
+    assert image.history[-2].created_by == "COPY --parents */x/*.txt /out/ # buildkit"

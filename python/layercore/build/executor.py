@@ -445,8 +445,7 @@ class _Build:
     # -- COPY and ADD
 
     def copy(self, stage: Stage, state: StageState, image: Image, ins: Instruction) -> Image:
-        if ins.flag("parents") is not None:
-            raise self.fail(f"{ins.keyword} --parents is not supported yet", ins)
+        parents = ins.flag("parents") not in (None, "false")
         add = ins.keyword == "ADD"
         heredocs = {f"<<{h.name}": h for h in ins.heredocs}
         args = list(ins.args)
@@ -503,6 +502,9 @@ class _Build:
             path = root / rel if rel != "." else root
             return path.is_dir() and not path.is_symlink()
 
+        if parents and len(matches) >= 1:
+            # --parents always copies into the destination as a directory.
+            dest_word = dest_word if dest_word.endswith("/") else dest_word + "/"
         named_dir = (
             dest_word.endswith("/")
             or dest_word in (".", "")
@@ -538,6 +540,16 @@ class _Build:
                     os.utime(target, (self.created(), self.created()))
                     continue
                 source = root / rel if rel != "." else root
+                if parents and rel != ".":
+                    # --parents: the source keeps its path from the root under the destination.
+                    placed = staging / posixpath.dirname(rel)
+                    _stage_parents(root, rel, staging)
+                    if source.is_dir() and not source.is_symlink():
+                        (placed / posixpath.basename(rel)).mkdir(exist_ok=True)
+                        _stage_tree(source, placed / posixpath.basename(rel), rel, ignore, excludes)
+                    else:
+                        _stage_entry(source, placed / posixpath.basename(rel))
+                    continue
                 if source.is_dir() and not source.is_symlink():
                     _stage_tree(source, staging, rel, ignore, excludes)
                 elif add and source.is_file() and _is_archive(source):
@@ -555,7 +567,8 @@ class _Build:
                 under_dirs=dirs,
                 chmod=chmod,
             )
-        shown = [f"--chown={chown}"] if chown else []
+        shown = ["--parents"] if parents else []
+        shown += [f"--chown={chown}"] if chown else []
         shown += [f"--chmod={chmod_text}"] if chmod_text else []
         created_by = " ".join([ins.keyword, *shown, *sources, dest_word]) + " # buildkit"
         return image.append(
@@ -1024,6 +1037,20 @@ def _stage_tree(
     for path, st in reversed(dirs):
         os.chmod(path, stat.S_IMODE(st.st_mode))
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _stage_parents(root: Path, rel: str, staging: Path) -> None:
+    """The directories above ``rel`` (in ``root``) created in ``staging`` with their modes and
+    mtimes, for ``COPY --parents``."""
+    parts = rel.split("/")[:-1]
+    for i in range(len(parts)):
+        sub = "/".join(parts[: i + 1])
+        target = staging / sub
+        if not target.is_dir():
+            target.mkdir()
+            st = (root / sub).stat()
+            os.chmod(target, stat.S_IMODE(st.st_mode))
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _is_archive(path: Path) -> bool:
