@@ -734,6 +734,21 @@ def store_targets(res: Results, add: Any) -> None:
     ):
         r = paired_ratio(res, group)
         add(name, "build context", required, r, r is not None and r >= needed, fmt_ratio(r))
+    b = res.subject("build/run-true")
+    extra = None
+    if b is not None and "paired" in b.info:
+        p = b.info["paired"]
+        extra = 1000 * (
+            statistics.median(p["subject_times"]) - statistics.median(p["baseline_times"])
+        )
+    add(
+        "`RUN true` in a build, beyond the build without it (whole processes, alternating)",
+        "busybox base",
+        "≤ 30 ms",
+        extra,
+        extra is not None and extra <= 30,
+        f"{extra:.0f} ms" if extra is not None else "",
+    )
     b = res.subject("build-rss/two-stages")
     rss = b.info.get("rss_kib") if b is not None else None
     kib = rss.get("build") if isinstance(rss, dict) else None

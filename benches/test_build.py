@@ -47,6 +47,8 @@ COPY --from=build /src/d3 /d3
 CMD ["sh"]
 """
 MANY_FILES = f"FROM {BASE_TAG}\nCOPY many/ /many/\n"
+RUN_TRUE = f"FROM {BASE_TAG}\nRUN true\n"
+NO_RUN = f"FROM {BASE_TAG}\nENV X=1\n"
 
 
 @dataclass
@@ -55,6 +57,8 @@ class Prepared:
     base_layout: Path  # an OCI layout holding the base, as layercore's store and for buildah
     two_stages: Path
     many_files: Path
+    run_true: Path
+    no_run: Path
     env: dict[str, str]
 
 
@@ -93,9 +97,13 @@ def prepared() -> Iterator[Prepared]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"file {i}\n")
     (many / "Dockerfile").write_text(MANY_FILES)
+    run_true, no_run = root / "run-true", root / "no-run"
+    for path, text in ((run_true, RUN_TRUE), (no_run, NO_RUN)):
+        path.mkdir()
+        (path / "Dockerfile").write_text(text)
     (root / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
     env = {**os.environ, "TMPDIR": str(root)}
-    yield Prepared(root, base_store.root, two, many, env)
+    yield Prepared(root, base_store.root, two, many, run_true, no_run, env)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -183,3 +191,24 @@ def test_memory_two_stage_build(benchmark: Any, prepared: Prepared) -> None:
         rss_kib=results,
     )  # fmt: skip
     rounds.close()
+
+
+def test_run_true_overhead(benchmark: Any, prepared: Prepared) -> None:
+    """What one `RUN true` adds to a build: `layercore build` of FROM + RUN true against
+    FROM + ENV, whole processes, alternating, each on a fresh copy of the base store (the
+    RUN extracts the base's tree, starts the sandbox, diffs and writes an empty layer)."""
+    rounds = Rounds(prepared, "build-run-true")
+
+    def setup(_who: str) -> tuple[list[str], list[str]]:
+        return (
+            _layercore_build(rounds.layercore_store(), prepared.run_true),
+            _layercore_build(rounds.layercore_store(), prepared.no_run),
+        )
+
+    try:
+        paired(
+            benchmark, "build/run-true", "layercore build without the RUN", 0, setup,
+            prepared.env, pairs=1 if SMOKE else 10,
+        )  # fmt: skip
+    finally:
+        rounds.close()
