@@ -502,3 +502,28 @@ def test_copy_parents_keeps_the_source_paths(store: Store, tmp_path: Path) -> No
     assert view.lookup("out/b/x/skip.md") is None
     assert view.read("keep/a/x/f.txt") == b"f"
     assert image.history[-2].created_by == "COPY --parents */x/*.txt /out/ # buildkit"
+
+
+def test_independent_stages_run_at_once(store: Store, tmp_path: Path) -> None:
+    """Two stages that each wait for the other's mark in a shared cache mount finish only if
+    they run at the same time (each gives up after 200 tries, failing the build)."""
+    wait_for = (
+        "touch /c/{me}; n=0; while [ ! -e /c/{other} ]; do n=$((n+1)); "
+        '[ "$n" -gt 200 ] && exit 1; sleep 0.05; done; echo {me} > /{me}'
+    )
+    ctx = context(
+        tmp_path,
+        f"""
+        FROM busybox:test AS a
+        RUN --mount=type=cache,id=rendezvous,target=/c {wait_for.format(me="a", other="b")}
+        FROM busybox:test AS b
+        RUN --mount=type=cache,id=rendezvous,target=/c {wait_for.format(me="b", other="a")}
+        FROM busybox:test
+        COPY --from=a /a /a
+        COPY --from=b /b /b
+        """,
+    )
+    result = layercore.build(ctx, store=store)
+    image = store.load(result.digest)
+    assert image.stack.read("a") == b"a\n" and image.stack.read("b") == b"b\n"
+    assert [s.stage for s in result.steps] == ["a", "b", "2", "2"]

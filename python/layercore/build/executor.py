@@ -268,8 +268,40 @@ class _Build:
     # -- stages
 
     def run(self) -> Image:
-        for index in self.plan.needed:
+        """Builds the needed stages, each as soon as the stages it depends on are built: stages
+        that do not depend on each other run at once. The first failure stops what has not
+        started, waits for what has, and is raised."""
+        from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+
+        needed = self.plan.needed
+        if len(needed) == 1:
+            self.images[needed[0]] = self.stage(self.plan.stages[needed[0]])
+            return self.images[needed[0]]
+        futures: dict[int, Future[None]] = {}
+
+        def build_stage(index: int) -> None:
+            for dep in self.plan.stages[index].depends_on:
+                futures[dep].result()
             self.images[index] = self.stage(self.plan.stages[index])
+
+        workers = min(len(needed), max(os.cpu_count() or 1, 2))
+        with ThreadPoolExecutor(workers, thread_name_prefix="layercore-stage") as pool:
+            # Submitted dependencies first: a stage waits only for ones already running or done.
+            for index in needed:
+                futures[index] = pool.submit(build_stage, index)
+            done, _pending = wait(futures.values(), return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                for f in futures.values():
+                    f.cancel()
+                wait(futures.values())
+                error = failed[0].exception()
+                assert error is not None
+                raise error
+        # Steps in the order of the plan, whatever order the stages ran in.
+        order = {index: n for n, index in enumerate(needed)}
+        by_label = {self.plan.stages[i].label: order[i] for i in needed}
+        self.steps.sort(key=lambda step: (by_label.get(step.stage, 0), step.line))
         return self.images[self.plan.target.index]
 
     def base(self, stage: Stage) -> Image:
