@@ -534,11 +534,9 @@ class _Build:
             path = root / rel if rel != "." else root
             return path.is_dir() and not path.is_symlink()
 
-        if parents and len(matches) >= 1:
-            # --parents always copies into the destination as a directory.
-            dest_word = dest_word if dest_word.endswith("/") else dest_word + "/"
         named_dir = (
-            dest_word.endswith("/")
+            parents  # --parents always copies into the destination as a directory
+            or dest_word.endswith("/")
             or dest_word in (".", "")
             or dest == "/"
             or (existing is not None and existing.kind == "dir")
@@ -568,7 +566,7 @@ class _Build:
                     name = heredoc_name if into_dir else posixpath.basename(dest)
                     target = staging / name
                     target.write_text(content)
-                    os.chmod(target, 0o644)
+                    os.chmod(target, 0o664)  # as BuildKit's Mkfile for inline documents
                     os.utime(target, (self.created(), self.created()))
                     continue
                 source = root / rel if rel != "." else root
