@@ -198,8 +198,11 @@ pub fn diff_stack_dir(
     let compare = options.compare;
     let owner = options.owner;
     let (lower_tree, upper_tree, plan) = polled(upper, check, |stop| {
-        let upper_tree = Tree::collect(upper, owner, exclude, true, stop)?;
+        let mut upper_tree = Tree::collect(upper, owner, exclude, true, stop)?;
         let lower_tree = Tree::from_view(view, stop)?;
+        if owner == Owner::Inherit {
+            inherit_owners(&lower_tree, &mut upper_tree);
+        }
         let plan = Differ::new(&lower_tree, &upper_tree, Some(view), compare, stop)?.plan()?;
         Ok((lower_tree, upper_tree, plan))
     })?;
@@ -955,6 +958,27 @@ impl<'a> Differ<'a> {
             });
         }
         Ok(())
+    }
+}
+
+/// Gives each upper path the owner (ids and names) the lower tree has for it ([`Owner::Inherit`]);
+/// paths the lower tree lacks keep the upper's (root, under that policy).
+fn inherit_owners(lower: &Tree, upper: &mut Tree) {
+    let (mut i, mut j) = (0, 0);
+    while i < lower.nodes.len() && j < upper.nodes.len() {
+        match walk_order(&lower.nodes[i].rel, &upper.nodes[j].rel) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                let (l, u) = (&lower.nodes[i], &mut upper.nodes[j]);
+                u.uid = l.uid;
+                u.gid = l.gid;
+                u.uname.clone_from(&l.uname);
+                u.gname.clone_from(&l.gname);
+                i += 1;
+                j += 1;
+            }
+        }
     }
 }
 

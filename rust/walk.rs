@@ -34,6 +34,10 @@ pub enum Owner {
     Numeric,
     /// This uid and gid for every entry, without names (`COPY --chown=1000:1000`).
     Fixed { uid: u64, gid: u64 },
+    /// As `Root` for a tree alone; a diff against a stack gives each path the owner the stack
+    /// has for it. What a step run by a user who is not root means: every file it touched
+    /// belongs to that user on disk, whatever owner the image gave it.
+    Inherit,
 }
 
 impl Owner {
@@ -42,8 +46,9 @@ impl Owner {
             "root" => Ok(Owner::Root),
             "keep" => Ok(Owner::Keep),
             "numeric" => Ok(Owner::Numeric),
+            "inherit" => Ok(Owner::Inherit),
             other => Err(Error::InvalidArgument(format!(
-                "unknown owner policy {other:?}: expected 'root', 'keep' or 'numeric'"
+                "unknown owner policy {other:?}: expected 'root', 'keep', 'numeric' or 'inherit'"
             ))),
         }
     }
@@ -329,7 +334,7 @@ impl Walker<'_> {
             _ => (0, 0),
         };
         let (uid, gid, uname, gname) = match self.options.owner {
-            Owner::Root => (0, 0, Vec::new(), Vec::new()),
+            Owner::Root | Owner::Inherit => (0, 0, Vec::new(), Vec::new()),
             Owner::Fixed { uid, gid } => (uid, gid, Vec::new(), Vec::new()),
             Owner::Numeric => (st.st_uid as u64, st.st_gid as u64, Vec::new(), Vec::new()),
             Owner::Keep => {

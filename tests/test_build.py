@@ -334,9 +334,8 @@ def test_command_line(store: Store, tmp_path: Path) -> None:
 
 def test_build_as_an_unprivileged_user(tmp_path: Path) -> None:
     """uid 65534 builds with COPY and RUN: bwrap runs the step as root of a user namespace, and
-    what it writes belongs to root in the layer, as it would in a root build. (Not yet: files
-    a lower layer gives to another owner, which an unprivileged extraction cannot keep; see
-    docs/ARCHITECTURE.md, known gaps.)"""
+    what it writes belongs to root in the layer, as it would in a root build; a file the image
+    gives another owner keeps it."""
     import subprocess
     import tempfile
 
@@ -352,7 +351,9 @@ def test_build_as_an_unprivileged_user(tmp_path: Path) -> None:
         ctx.mkdir()
         (ctx / "a.txt").write_text("a")
         (ctx / "Dockerfile").write_text(
-            "FROM busybox:test\nCOPY a.txt /a.txt\nRUN id -u > /uid && echo ran > /ran\n"
+            "FROM busybox:test\n"
+            "COPY --chown=7:7 a.txt /a.txt\n"
+            "RUN id -u > /uid && echo ran > /ran\n"
         )
         for dirpath, dirnames, filenames in os.walk(base):
             for name in [*dirnames, *filenames]:
@@ -372,9 +373,12 @@ def test_build_as_an_unprivileged_user(tmp_path: Path) -> None:
         assert image.stack.read("uid") == b"0\n" and image.stack.read("ran") == b"ran\n"
         ran = image.stack.lookup("ran")
         assert ran is not None and (ran.uid, ran.gid) == (0, 0)
-        # The RUN layer holds what the command wrote, nothing it only saw.
+        # The RUN layer holds what the command wrote, nothing it only saw: the file the image
+        # gives to 7:7 (owned by the caller once extracted) is not rewritten as root's.
         run_layer = layercore.Layer.open(image.layers[-1].path)
         assert sorted(e.path for e in run_layer.entries()) == ["ran", "uid"]
+        a = image.stack.lookup("a.txt")
+        assert a is not None and (a.uid, a.gid) == (7, 7)
     finally:
         shutil.rmtree(base)
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["Compression", "DirAttrs", "Entry", "Layer", "Owner"]
 
 Compression = Literal["gzip", "zstd"] | None
-Owner = Literal["root", "keep", "numeric"]
+Owner = Literal["root", "keep", "numeric", "inherit"]
 StrPath = str | os.PathLike[str]
 
 
@@ -76,7 +76,8 @@ class Layer:
         ``compression`` is ``"gzip"``, ``"zstd"`` or ``None`` (plain tar); ``level`` defaults to
         1 for gzip and 3 for zstd. ``owner="root"`` writes uid/gid 0 without names,
         ``owner="keep"`` the files' own, ``owner="numeric"`` their ids without names,
-        ``owner=(uid, gid)`` those numbers without names.
+        ``owner=(uid, gid)`` those numbers without names (``"inherit"``, for a diff against a
+        stack, gives each path the owner the stack has for it, and is ``"root"`` here).
         ``source_date_epoch`` clamps mtimes. ``threads`` defaults to every core. The blob
         appears at ``out`` only once it is complete. Sockets are skipped with a
         :class:`~layercore.errors.LayerWarning`.

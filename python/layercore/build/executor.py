@@ -689,8 +689,9 @@ class _Build:
             rootfs,
             compression=self.compression,
             source_date_epoch=self.epoch,
-            # Not root: the sandbox's root was the caller, so its files belong to root.
-            owner="numeric" if os.geteuid() == 0 else "root",
+            # Not root: every file of the tree belongs to the caller on disk; a path keeps the
+            # owner the image gives it, and a new one belongs to root (the sandbox's root).
+            owner="numeric" if os.geteuid() == 0 else "inherit",
         )
         image = image.append(
             layer,
