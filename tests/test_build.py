@@ -531,3 +531,23 @@ def test_independent_stages_run_at_once(store: Store, tmp_path: Path) -> None:
     image = store.load(result.digest)
     assert image.stack.read("a") == b"a\n" and image.stack.read("b") == b"b\n"
     assert [s.stage for s in result.steps] == ["a", "b", "2", "2"]
+
+
+def test_run_heredoc_with_a_shebang_runs_as_a_script(store: Store, tmp_path: Path) -> None:
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test
+        RUN <<EOF
+        #!/bin/sh
+        echo "as a script: $0" > /script-ran
+        EOF
+        RUN <<EOF
+        echo "through the shell" > /shell-ran
+        EOF
+        """,
+    )
+    image = store.load(layercore.build(ctx, store=store).digest)
+    assert image.stack.read("script-ran") == b"as a script: /.layercore-heredoc/EOF\n"
+    assert image.stack.read("shell-ran") == b"through the shell\n"
+    assert image.stack.lookup(".layercore-heredoc") is None

@@ -662,19 +662,30 @@ class _Build:
         if network not in ("default", "none", "host"):
             raise self.fail(f"RUN --network={network}: use default, none or host", ins)
         argv = state.command(ins)
+        script_mount: _Mount | None = None
+        step_scope = ExitStack()
         if ins.heredocs and not ins.json:
             doc = ins.heredocs[0]
-            if ins.args[0].strip() == f"<<{doc.name}" or ins.args[0].strip() == f"<<-{doc.name}":
+            alone = ins.args[0].strip() in (f"<<{doc.name}", f"<<-{doc.name}")
+            if alone and doc.content.startswith("#!"):
+                # A script with its own interpreter runs as a file, as BuildKit runs it: mounted
+                # read-only for the step, never part of the layer.
+                script = step_scope.enter_context(self.store.workspace("heredoc")) / doc.name
+                script.write_text(doc.content)
+                os.chmod(script, 0o755)
+                target = f"/.layercore-heredoc/{doc.name}"
+                script_mount = _Mount("bind", script, target, True)
+                argv = [target]
+            elif alone:
                 argv = [*state.shell, doc.content]
             else:
-                script = (
-                    ins.args[0] + "\n" + "".join(h.content + h.name + "\n" for h in ins.heredocs)
-                )
-                argv = [*state.shell, script]
+                docs = "".join(h.content + h.name + "\n" for h in ins.heredocs)
+                argv = [*state.shell, ins.args[0] + "\n" + docs]
         rootfs = self.rootfs_for(stage, image)
-        step_scope = ExitStack()
         with step_scope:
             mounts = self.mounts(state, ins, step_scope)
+            if script_mount is not None:
+                mounts.append(script_mount)
             targets = [*_MOUNT_POINTS, *(m.target.lstrip("/") for m in mounts)]
             points = _MountPoints(rootfs, targets)
             try:
