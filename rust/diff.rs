@@ -724,23 +724,8 @@ impl<'a> Differ<'a> {
         compare: Compare,
         stop: &AtomicBool,
     ) -> Result<Self> {
-        let (ln, un) = (lower.nodes.len(), upper.nodes.len());
-        let mut lower_of = vec![None; un];
-        let mut upper_of = vec![None; ln];
-        let (mut i, mut j) = (0, 0);
-        while i < ln && j < un {
-            match walk_order(&lower.nodes[i].rel, &upper.nodes[j].rel) {
-                std::cmp::Ordering::Less => i += 1,
-                std::cmp::Ordering::Greater => j += 1,
-                std::cmp::Ordering::Equal => {
-                    lower_of[j] = Some(i);
-                    upper_of[i] = Some(j);
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        let mut status = vec![Status::Added; un];
+        let (lower_of, upper_of) = match_paths(lower, upper);
+        let mut status = vec![Status::Added; upper.nodes.len()];
         let mut bodies = Bodies::new(lower, upper)?;
         let mut verdicts: HashMap<(Inode, Inode), bool> = HashMap::new();
         // A stack's bodies are compared in one pass per blob, before the loop.
@@ -961,23 +946,39 @@ impl<'a> Differ<'a> {
     }
 }
 
-/// Gives each upper path the owner (ids and names) the lower tree has for it ([`Owner::Inherit`]);
-/// paths the lower tree lacks keep the upper's (root, under that policy).
-fn inherit_owners(lower: &Tree, upper: &mut Tree) {
+/// Pairs the nodes of two trees by path (both are in walk order): for each upper node the
+/// lower node at its path, and for each lower node the upper one.
+fn match_paths(lower: &Tree, upper: &Tree) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
+    let (ln, un) = (lower.nodes.len(), upper.nodes.len());
+    let mut lower_of = vec![None; un];
+    let mut upper_of = vec![None; ln];
     let (mut i, mut j) = (0, 0);
-    while i < lower.nodes.len() && j < upper.nodes.len() {
+    while i < ln && j < un {
         match walk_order(&lower.nodes[i].rel, &upper.nodes[j].rel) {
             std::cmp::Ordering::Less => i += 1,
             std::cmp::Ordering::Greater => j += 1,
             std::cmp::Ordering::Equal => {
-                let (l, u) = (&lower.nodes[i], &mut upper.nodes[j]);
-                u.uid = l.uid;
-                u.gid = l.gid;
-                u.uname.clone_from(&l.uname);
-                u.gname.clone_from(&l.gname);
+                lower_of[j] = Some(i);
+                upper_of[i] = Some(j);
                 i += 1;
                 j += 1;
             }
+        }
+    }
+    (lower_of, upper_of)
+}
+
+/// Gives each upper path the owner (ids and names) the lower tree has for it ([`Owner::Inherit`]);
+/// paths the lower tree lacks keep the upper's (root, under that policy).
+fn inherit_owners(lower: &Tree, upper: &mut Tree) {
+    let (lower_of, _) = match_paths(lower, upper);
+    for (u, l) in lower_of.into_iter().enumerate() {
+        if let Some(l) = l {
+            let (l, u) = (&lower.nodes[l], &mut upper.nodes[u]);
+            u.uid = l.uid;
+            u.gid = l.gid;
+            u.uname.clone_from(&l.uname);
+            u.gname.clone_from(&l.gname);
         }
     }
 }

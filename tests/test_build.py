@@ -551,3 +551,28 @@ def test_run_heredoc_with_a_shebang_runs_as_a_script(store: Store, tmp_path: Pat
     assert image.stack.read("script-ran") == b"as a script: /.layercore-heredoc/EOF\n"
     assert image.stack.read("shell-ran") == b"through the shell\n"
     assert image.stack.lookup(".layercore-heredoc") is None
+
+
+def test_add_detects_archives_by_content(store: Store, tmp_path: Path) -> None:
+    """zstd and bzip2 tars are unpacked too; a gzip file that holds no tar is copied as is."""
+    import bz2
+    import gzip
+
+    import zstandard
+
+    def tar_bytes(name: str, data: bytes) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    ctx = context(tmp_path, "FROM busybox:test\nADD z.tzst b.tbz notes.gz /opt/\n")
+    (ctx / "z.tzst").write_bytes(zstandard.ZstdCompressor().compress(tar_bytes("z.txt", b"z")))
+    (ctx / "b.tbz").write_bytes(bz2.compress(tar_bytes("b.txt", b"b")))
+    (ctx / "notes.gz").write_bytes(gzip.compress(b"just some text, no tar"))
+    image = store.load(layercore.build(ctx, store=store).digest)
+    assert image.stack.read("opt/z.txt") == b"z" and image.stack.read("opt/b.txt") == b"b"
+    assert gzip.decompress(image.stack.read("opt/notes.gz")) == b"just some text, no tar"
+    assert image.stack.lookup("opt/z.tzst") is None

@@ -92,9 +92,9 @@ class Layer:
         out_path = Path(out)
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
-        components = [c for c in (under or "").split("/") if c]
-        if under is not None and "/".join(components) != under.strip("/"):
-            raise ValueError(f"under={under!r} is not a clean relative path")
+        # The core checks the path is clean (no empty, "." or ".." component).
+        prefix = (under or "").strip("/")
+        components = prefix.split("/") if prefix else []
         if under_dirs is None:
             now = source_date_epoch if source_date_epoch is not None else int(time.time())
             under_dirs = [DirAttrs(mtime=now)] * len(components)
@@ -115,7 +115,7 @@ class Layer:
             owner=owner,
             threads=threads,
             chown=chown,
-            under="/".join(components) or None,
+            under=prefix or None,
             under_dirs=[(d.mode, d.uid, d.gid, d.mtime) for d in under_dirs],
             chmod=chmod,
         )

@@ -423,7 +423,7 @@ class _Build:
         is 0755 and owned by ``uid:gid``."""
         out = []
         parts = [p for p in rel.split("/") if p]
-        mtime = int(self.created())
+        mtime = self.created()
         stack = image.stack if image.layers else None
         for i in range(len(parts)):
             entry = stack.lookup("/".join(parts[: i + 1])) if stack is not None else None
@@ -551,7 +551,13 @@ class _Build:
         single = matches[0][0] if len(matches) == 1 and matches[0][1] is None else None
         if checksum is not None and not (len(matches) == 1 and matches[0][1] == _URL):
             raise self.fail("ADD --checksum takes exactly one URL source", ins)
-        single_dir = single is not None and (is_dir(single) or (add and _is_archive(root / single)))
+        # What ADD unpacks, detected once by content: source -> its compression.
+        archives = {
+            rel: kind
+            for rel, mark in matches
+            if add and mark is None and (kind := _archive_kind(root / rel)) is not None
+        }
+        single_dir = single is not None and (is_dir(single) or single in archives)
         into_dir = named_dir or len(matches) > 1 or single_dir
         under = dest.strip("/") if into_dir else posixpath.dirname(dest).strip("/")
         with self.store.workspace("copy") as staging:
@@ -582,8 +588,8 @@ class _Build:
                     continue
                 if source.is_dir() and not source.is_symlink():
                     _stage_tree(source, staging, rel, ignore, excludes)
-                elif add and source.is_file() and _is_archive(source):
-                    _unpack(source, staging, ins, self.df)
+                elif rel in archives:
+                    _unpack(source, archives[rel], staging, ins, self.df)
                 else:
                     name = posixpath.basename(rel) if into_dir else posixpath.basename(dest)
                     _stage_entry(source, staging / name)
@@ -911,9 +917,6 @@ class _MountPoints:
                     )
                     break
         self.created = sorted(set(self.created), key=lambda p: len(p.parts), reverse=True)
-        with suppress(OSError):
-            self.times.setdefault(rootfs / "etc", (rootfs / "etc").lstat())
-            self.times.setdefault(rootfs, rootfs.lstat())
 
     def restore(self) -> None:
         for path in self.created:
@@ -1077,8 +1080,13 @@ def _stage_tree(
             if not skipped(base + name, directory=False):
                 _stage_entry(here / name, out_dir / name)
     for path, st in reversed(dirs):
-        os.chmod(path, stat.S_IMODE(st.st_mode))
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        _copy_dir_attrs(path, st)
+
+
+def _copy_dir_attrs(path: Path, st: os.stat_result) -> None:
+    """A staged directory given its source's mode and times (the writer reads them)."""
+    os.chmod(path, stat.S_IMODE(st.st_mode))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _stage_parents(root: Path, rel: str, staging: Path) -> None:
@@ -1090,25 +1098,61 @@ def _stage_parents(root: Path, rel: str, staging: Path) -> None:
         target = staging / sub
         if not target.is_dir():
             target.mkdir()
-            st = (root / sub).stat()
-            os.chmod(target, stat.S_IMODE(st.st_mode))
-            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+            _copy_dir_attrs(target, (root / sub).stat())
 
 
-def _is_archive(path: Path) -> bool:
+#: Leading bytes of the compressed archives ADD unpacks.
+_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+)
+
+
+def _archive_kind(path: Path) -> str | None:
+    """How a local ``ADD`` source is a tar archive, by its content: ``"tar"``, ``"gzip"``,
+    ``"zstd"``, ``"bzip2"`` or ``"xz"``; None for anything else (copied as it is)."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    with path.open("rb") as f:
+        head = f.read(512)
+    kind = next((k for magic, k in _MAGIC if head.startswith(magic)), "tar")
+    if kind == "tar" and not (len(head) == 512 and head[257:262] == b"ustar"):
+        return None
+    return kind if _tar_inside(path, kind) else None
+
+
+def _tar_inside(path: Path, kind: str) -> bool:
+    """Whether the (compressed) file holds a tar: its first header read by the layer reader
+    (plain, gzip, zstd) or by tarfile (bzip2, xz); a compressed file of anything else is
+    copied as it is, as Docker does."""
+    from layercore import _core
+    from layercore.errors import LayerError
+
     try:
+        if kind in ("tar", "gzip", "zstd"):
+            next(iter(_core.open_entries(os.fspath(path))), None)
+            return True
         return tarfile.is_tarfile(path)
-    except (OSError, tarfile.TarError):
+    except (LayerError, OSError, tarfile.TarError):
         return False
 
 
-def _unpack(archive: Path, staging: Path, ins: Instruction, df: Dockerfile) -> None:
-    """``ADD`` of a local tar (plain, gzip, bzip2, xz): its entries into ``staging``, nothing
-    outside it (tarfile's ``tar`` filter refuses escapes and absolute names)."""
+def _unpack(archive: Path, kind: str, staging: Path, ins: Instruction, df: Dockerfile) -> None:
+    """``ADD`` of a local tar archive: its entries into ``staging``, nothing outside it. Plain,
+    gzip and zstd tars go through the layer engine's extraction (links resolved inside the
+    root); bzip2 and xz, which it does not read, through tarfile's ``tar`` filter."""
+    from layercore.errors import LayerError
+    from layercore.extract import apply
+
     try:
+        if kind in ("tar", "gzip", "zstd"):
+            apply(archive, staging)
+            return
         with tarfile.open(archive) as tar:
             tar.extractall(staging, filter="tar")
-    except (tarfile.TarError, OSError) as e:
+    except (LayerError, tarfile.TarError, OSError) as e:
         raise df.error(f"ADD {archive.name}: cannot unpack it: {e}", ins) from None
 
 

@@ -79,25 +79,26 @@ _PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.IGNORECASE)
 # -- Go formatting, as BuildKit's history strings use it ------------------------------------
 
 
+_GO_ESCAPES = dict(zip("\a\b\f\n\r\t\v", "abfnrtv", strict=True))
+
+
+def _go_escape(ch: str, quote: str) -> str:
+    """One character as Go's ``strconv`` quotes it between ``quote`` characters."""
+    code = ord(ch)
+    if ch in (quote, "\\"):
+        return "\\" + ch
+    if ch in _GO_ESCAPES:
+        return "\\" + _GO_ESCAPES[ch]
+    if ch.isprintable():
+        return ch
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def go_quote(text: str) -> str:
     """``strconv.Quote``: double quotes, Go escapes, printable characters kept as they are."""
-    out = ['"']
-    for ch in text:
-        code = ord(ch)
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ch in "\a\b\f\n\r\t\v":
-            out.append("\\" + "abfnrtv"["\a\b\f\n\r\t\v".index(ch)])
-        elif ch.isprintable():
-            out.append(ch)
-        elif code < 0x80:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
+    return '"' + "".join(_go_escape(ch, '"') for ch in text) + '"'
 
 
 def _go_quote_list(items: Sequence[str]) -> str:
@@ -112,18 +113,7 @@ def _go_list(items: Sequence[str]) -> str:
 
 def _go_quote_int(value: int) -> str:
     """``%q`` of an integer: a Go character literal (``'\\x03'``, ``'a'``)."""
-    ch = chr(value)
-    if ch == "'":
-        return "'\\''"
-    if ch == "\\":
-        return "'\\\\'"
-    if ch in "\a\b\f\n\r\t\v":
-        return "'\\" + "abfnrtv"["\a\b\f\n\r\t\v".index(ch)] + "'"
-    if ch.isprintable():
-        return f"'{ch}'"
-    if value < 0x80:
-        return f"'\\x{value:02x}'"
-    return f"'\\u{value:04x}'" if value < 0x10000 else f"'\\U{value:08x}'"
+    return "'" + _go_escape(chr(value), "'") + "'"
 
 
 def parse_duration(text: str) -> int:
