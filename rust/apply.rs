@@ -149,11 +149,45 @@ impl DevicePolicy {
     }
 }
 
+/// The xattr namespace of an overlayfs tree's opaque marks: `trusted.overlay.*` (the kernel's
+/// default, needs root) or `user.overlay.*` (a mount with `userxattr`, as in a user namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverlayXattrs {
+    Trusted,
+    User,
+}
+
+impl OverlayXattrs {
+    /// The namespace named `"trusted"` or `"user"` (the Python API's spelling).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "trusted" => Ok(OverlayXattrs::Trusted),
+            "user" => Ok(OverlayXattrs::User),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown overlay xattr namespace {other:?}: expected 'trusted' or 'user'"
+            ))),
+        }
+    }
+
+    fn opaque_key(self) -> &'static CStr {
+        match self {
+            OverlayXattrs::Trusted => c"trusted.overlay.opaque",
+            OverlayXattrs::User => c"user.overlay.opaque",
+        }
+    }
+}
+
 /// How to apply layers.
 #[derive(Clone, Debug, Default)]
 pub struct ApplyOptions {
     /// Device nodes when `mknod` is not permitted.
     pub devices: DevicePolicy,
+    /// Write the layer in overlayfs lower-directory form instead of applying its changes (an
+    /// overlay snapshot, as containerd's snapshotter keeps one per layer): a whiteout becomes
+    /// a character device 0/0 of its name (unprivileged since Linux 5.8), an opaque marker the
+    /// directory's `overlay.opaque=y` xattr in this namespace; nothing is removed. Meant for one
+    /// layer extracted into an empty directory. The layer's own `overlay.*` xattrs are not set.
+    pub overlay: Option<OverlayXattrs>,
 }
 
 /// What applying one layer, or a stack, did.
@@ -328,6 +362,8 @@ struct LayerState {
     created_below: HashSet<Vec<u8>>,
     /// Directories to fix up at the end, by path.
     fixups: HashMap<Vec<u8>, Fixup>,
+    /// Directories to mark opaque at the end (overlay form).
+    opaque: Vec<Vec<u8>>,
     warnings: Warnings,
 }
 
@@ -739,13 +775,37 @@ impl Applier {
         let dfd = self.fd_of(&parent);
         let path = join(dir, target);
         let cname = CString::new(target).expect("checked for NUL");
+        if self.options.overlay.is_some() {
+            return self.overlay_whiteout(dfd, &cname, path);
+        }
         self.prune(dfd, dir, &cname, &path)
+    }
+
+    /// An overlayfs whiteout: a character device 0/0 at `path`, unless this layer wrote the
+    /// path (its own entry wins, whatever the archive order).
+    fn overlay_whiteout(&mut self, dfd: RawFd, name: &CStr, path: Vec<u8>) -> Result<()> {
+        if self.layer.created.contains(&path) {
+            return Ok(());
+        }
+        self.touch(dfd, split_parent(&path).0)?;
+        // SAFETY: `name` is NUL-terminated.
+        match cvt(unsafe { libc::mknodat(dfd, name.as_ptr(), libc::S_IFCHR, 0) }) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(Error::io(self.dest_path(&path), "cannot create whiteout", e)),
+        }
+        self.layer.created.insert(path);
+        Ok(())
     }
 
     fn opaque(&mut self, entry: &Entry, dir: &[u8]) -> Result<()> {
         let Some(parent) = self.marker_parent(entry, dir)? else {
             return Ok(());
         };
+        if self.options.overlay.is_some() {
+            self.layer.opaque.push(dir.to_vec());
+            return Ok(());
+        }
         let dfd = self.fd_of(&parent);
         let names = self
             .in_dir(dfd, dir, || list_dir(dfd))
@@ -1191,8 +1251,41 @@ impl Applier {
                 first.get_or_insert(e);
             }
         }
+        if let Some(ns) = self.options.overlay {
+            // After the directory entries, whose exact xattrs would drop the mark.
+            for path in std::mem::take(&mut self.layer.opaque) {
+                if let Err(e) = self.mark_opaque(&path, ns.opaque_key()) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
         self.stack.clear();
         first.map_or(Ok(()), Err)
+    }
+
+    /// Sets `key=y` on the directory at `path` (overlay form), if it is still a directory.
+    fn mark_opaque(&mut self, path: &[u8], key: &CStr) -> Result<()> {
+        let err = |this: &Self, e| Error::io(this.dest_path(path), "cannot mark directory opaque", e);
+        if path.is_empty() {
+            let fd = self.root.as_raw_fd();
+            // SAFETY: `fd` is open, `key` NUL-terminated, the value one byte long.
+            return cvt(unsafe { libc::fsetxattr(fd, key.as_ptr(), b"y".as_ptr().cast(), 1, 0) })
+                .map_err(|e| err(self, e));
+        }
+        let proc = {
+            let (dir, name) = split_parent(path);
+            let Some(parent) = self.resolve(dir, Parents::Existing)? else {
+                return Ok(());
+            };
+            let dfd = self.fd_of(&parent);
+            let cname = CString::new(name).expect("checked for NUL");
+            match stat_at(dfd, &cname) {
+                Ok(st) if is_dir(&st) => {}
+                _ => return Ok(()),
+            }
+            proc_path(dfd, &cname)
+        };
+        lset_xattr(&proc, key, b"y").map_err(|e| err(self, e))
     }
 
     fn fixup(&mut self, path: &[u8], fix: &Fixup) -> Result<()> {
@@ -1283,6 +1376,12 @@ impl Applier {
         set: impl Fn(&CStr, &[u8]) -> io::Result<()>,
     ) -> Result<()> {
         for (key, value) in &entry.xattrs {
+            if self.options.overlay.is_some()
+                && (key.starts_with("trusted.overlay.") || key.starts_with("user.overlay."))
+            {
+                // Would steer the overlay mount (a forged opaque mark or redirect).
+                continue;
+            }
             let Ok(ckey) = CString::new(key.as_bytes()) else {
                 self.layer.warnings.add(
                     "xattr with a NUL byte in its name not set".into(),
@@ -1930,6 +2029,52 @@ mod tests {
         // A plain whiteout removes; one for a missing path is harmless.
         fx.apply(&[f(".wh.b", b""), f(".wh.nothing", b"")]).unwrap();
         assert_eq!(fx.tree(), ["a/", "a/x = new", "a/y = new"]);
+    }
+
+    #[test]
+    fn overlay_form_keeps_whiteouts_as_devices_and_opaque_marks_as_xattrs() {
+        use std::os::unix::fs::FileTypeExt;
+        let mut fx = Fixture::new();
+        let blob = fx.layer(&[
+            f("a/.wh.gone", b""),
+            f(".wh..wh..opq", b""),
+            f("o/.wh..wh..opq", b""),
+            d("o"),
+            f("o/kept", b"1"),
+            f(".wh.back", b""),
+            f("back", b"here"),
+        ]);
+        let options = ApplyOptions {
+            overlay: Some(OverlayXattrs::User),
+            ..ApplyOptions::default()
+        };
+        let r = extract_stack(&[blob], &fx.root().join("snap"), &options, &no_check).unwrap();
+        assert_eq!(r.entries, 7);
+        let snap = fx.root().join("snap");
+        let gone = fs::symlink_metadata(snap.join("a/gone")).unwrap();
+        assert!(gone.file_type().is_char_device());
+        assert_eq!(gone.rdev(), 0);
+        // The layer's own entry wins over its whiteout of the same path.
+        assert_eq!(fs::read(snap.join("back")).unwrap(), b"here");
+        assert_eq!(fs::read(snap.join("o/kept")).unwrap(), b"1");
+        // The opaque mark survives the directory entry that comes after it.
+        let mark = |p: &Path| {
+            let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+            let mut buf = [0u8; 4];
+            // SAFETY: the buffer is as long as passed.
+            let n = unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    c"user.overlay.opaque".as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            (n > 0).then(|| buf[..n as usize].to_vec())
+        };
+        assert_eq!(mark(&snap.join("o")), Some(b"y".to_vec()));
+        assert_eq!(mark(&snap), Some(b"y".to_vec()));
+        assert_eq!(mark(&snap.join("a")), None);
     }
 
     #[test]

@@ -226,6 +226,9 @@ pub fn diff_stack_dir(
 /// [`crate::writer::build_from_dir`] writes it, in the same canonical order with each
 /// directory's whiteouts first.
 ///
+/// With [`Owner::Inherit`], `lower` (the merged view below the upper dir) gives each path it
+/// has its owner; without `lower` that policy is an [`Error::InvalidArgument`].
+///
 /// Errors: a metadata-only copy-up (`overlay.metacopy`) or a renamed directory
 /// (`overlay.redirect`) has its content in the lower layers, which this function does not see:
 /// [`Error::Unsupported`] naming the path (diff the merged view against the lower one instead).
@@ -233,14 +236,23 @@ pub fn from_overlay_upper(
     upper: &Path,
     out: &Path,
     options: &BuildOptions,
+    lower: Option<&MergedView>,
     check: &(dyn Fn() -> Result<()> + Sync),
 ) -> Result<LayerDescriptor> {
     require_dir(upper)?;
+    let owner = options.owner;
+    if owner == Owner::Inherit && lower.is_none() {
+        return Err(Error::InvalidArgument(
+            "the 'inherit' owner policy needs the lower stack".into(),
+        ));
+    }
     let writer = LayerWriter::create(out, options.compression, options.level, options.threads)?;
     let exclude = Some(writer.temp_identity()?);
-    let owner = options.owner;
     let (tree, plan) = polled(upper, check, |stop| {
-        let tree = Tree::collect(upper, owner, exclude, false, stop)?;
+        let mut tree = Tree::collect(upper, owner, exclude, false, stop)?;
+        if let (Owner::Inherit, Some(view)) = (owner, lower) {
+            inherit_owners(&Tree::from_view(view, stop)?, &mut tree);
+        }
         let plan = overlay_plan(&tree)?;
         Ok((tree, plan))
     })?;
@@ -1828,7 +1840,7 @@ mod tests {
             source_date_epoch: Some(500),
             ..BuildOptions::default()
         };
-        from_overlay_upper(&upper, &out, &options, &no_check).unwrap();
+        from_overlay_upper(&upper, &out, &options, None, &no_check).unwrap();
         let got = listing(&out);
         let expected: Vec<(String, &str, i64)> = [
             ("o", "dir", 500),
@@ -1870,7 +1882,7 @@ mod tests {
         };
         // An unmarked root: its empty files are files, whatever their xattrs.
         let out = dir.path().join("unmarked.tar");
-        from_overlay_upper(&upper, &out, &options, &no_check).unwrap();
+        from_overlay_upper(&upper, &out, &options, None, &no_check).unwrap();
         assert_eq!(
             kinds(&out),
             owned(&[
@@ -1894,7 +1906,7 @@ mod tests {
             }
             assert!(set(&upper, name, value));
             let out = dir.path().join("marked.tar");
-            from_overlay_upper(&upper, &out, &options, &no_check).unwrap();
+            from_overlay_upper(&upper, &out, &options, None, &no_check).unwrap();
             assert_eq!(
                 kinds(&out),
                 owned(&[

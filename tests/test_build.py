@@ -379,6 +379,9 @@ def test_build_as_an_unprivileged_user(tmp_path: Path) -> None:
         assert sorted(e.path for e in run_layer.entries()) == ["ran", "uid"]
         a = image.stack.lookup("a.txt")
         assert a is not None and (a.uid, a.gid) == (7, 7)
+        # The RUN ran on overlay snapshots mounted in a user namespace (userxattr form).
+        snaps = sorted(p.name for p in (s.root / ".layercore" / "snapshots").iterdir())
+        assert snaps and all(name.endswith(".user") for name in snaps)
     finally:
         shutil.rmtree(base)
 

@@ -165,7 +165,9 @@ def squash_layers(
 # --- apply / extract (rust/py/apply.rs) ---
 
 def apply_layer(blob: str, dest: str, *, devices: str = "skip") -> dict[str, object]: ...
-def extract_layers(blobs: list[str], dest: str, *, devices: str = "skip") -> dict[str, object]: ...
+def extract_layers(
+    blobs: list[str], dest: str, *, devices: str = "skip", overlay: str | None = None
+) -> dict[str, object]: ...
 
 # --- diff (rust/py/diff.rs) ---
 
@@ -202,6 +204,7 @@ def overlay_upper_to_layer(
     threads: int | None,
     owner: str,
     source_date_epoch: int | None,
+    lower: StackView | None = None,
 ) -> tuple[dict[str, object], list[str]]: ...
 
 # --- blob copy (rust/py/blob_copy.rs) ---

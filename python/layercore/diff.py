@@ -99,6 +99,7 @@ def from_overlay_upper(
     source_date_epoch: int | None = None,
     owner: Owner = "root",
     threads: int | None = None,
+    lower: Stack | None = None,
 ) -> Layer:
     """Writes an overlayfs upper directory as a layer, as ``docker commit`` does on overlay2.
 
@@ -107,9 +108,14 @@ def from_overlay_upper(
     opaque marker ``DIR/.wh..wh..opq`` after it. The overlay's own xattrs are not copied. A
     metadata-only copy-up (``overlay.metacopy``) or a renamed directory (``overlay.redirect``)
     needs the lower layers and raises :class:`~layercore.errors.UnsupportedEntryError`.
-    Options as for :func:`from_diff`.
+    Options as for :func:`from_diff`; ``owner="inherit"`` takes the owners from ``lower``, the
+    stack the upper dir lies over (a path it lacks is root's).
     """
     _check_threads(threads)
+    if owner == "inherit" and lower is None:
+        raise ValueError("owner='inherit' needs lower=, the stack below the upper directory")
+    if owner == "inherit" and lower is not None and not lower.layers:
+        owner = "root"  # nothing below: every path is new, and root's
     out_path = Path(out)
     descriptor, skipped = _core.overlay_upper_to_layer(
         os.fspath(upper),
@@ -119,6 +125,7 @@ def from_overlay_upper(
         threads=threads,
         owner=owner,
         source_date_epoch=source_date_epoch,
+        lower=None if lower is None or not lower.layers else lower._view,
     )
     for message in skipped:
         warnings.warn(message, LayerWarning, stacklevel=2)

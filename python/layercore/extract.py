@@ -68,6 +68,19 @@ def extract(
     return _warn(report)
 
 
+def snapshot(
+    layer: Layer | StrPath, dest: StrPath, *, xattrs: Literal["trusted", "user"] = "trusted"
+) -> list[str]:
+    """Extracts one layer into ``dest`` (empty or missing) as an overlayfs lower directory, the
+    form a snapshotter keeps per layer: its whiteouts become character devices 0/0 of their
+    names, its opaque markers the directory's ``trusted.overlay.opaque=y`` (or, with
+    ``xattrs="user"``, for a mount with ``userxattr``, ``user.overlay.opaque=y``); nothing is
+    removed. Mounting such directories as lower dirs, the top layer first, shows the stack's
+    merged tree. Returns the warnings, as :func:`extract` does."""
+    report = _core.extract_layers([_blob(layer)], os.fspath(dest), overlay=xattrs)
+    return _warn(report)
+
+
 def _blob(layer: Layer | StrPath) -> str:
     return os.fspath(layer.path if isinstance(layer, Layer) else layer)
 

@@ -168,9 +168,11 @@ class Layer:
         source_date_epoch: int | None = None,
         owner: Owner = "root",
         threads: int | None = None,
+        lower: Stack | None = None,
     ) -> Layer:
         """Converts an overlayfs upper directory (char 0/0 whiteouts, ``overlay.opaque``
-        xattrs) into an OCI layer, as ``docker commit`` does on overlay2."""
+        xattrs) into an OCI layer, as ``docker commit`` does on overlay2 (``lower``: the stack
+        below it, which ``owner="inherit"`` takes the owners from)."""
         from layercore.diff import from_overlay_upper
 
         return from_overlay_upper(
@@ -181,6 +183,7 @@ class Layer:
             source_date_epoch=source_date_epoch,
             owner=owner,
             threads=threads,
+            lower=lower,
         )
 
     @classmethod

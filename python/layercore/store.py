@@ -26,10 +26,12 @@ import json
 import os
 import re
 import shutil
+import stat
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -493,6 +495,101 @@ class Store:
         with _flock(path.with_name(path.name + ".lock"), fcntl.LOCK_EX):
             yield
 
+    # -- overlay snapshots --------------------------------------------------------------------
+
+    def snapshots(
+        self, layers: Sequence[Layer], *, xattrs: Literal["trusted", "user"] = "trusted"
+    ) -> list[Path]:
+        """The overlay snapshot of each layer of the stack ``layers`` (bottom first), as
+        containerd's overlay snapshotter keeps them: one directory per layer in
+        ``.layercore/snapshots/``, named by the chain_id of the stack up to that layer, holding
+        that layer alone in overlayfs lower-directory form (:func:`layercore.extract.snapshot`;
+        ``xattrs="user"`` for mounts with ``userxattr``, kept apart). A missing one is extracted
+        into a temp directory and renamed into place, so a snapshot is there whole or not at
+        all, and two processes making the same one keep the first. Mount them as
+        ``lowerdir=`` top first. Hold :meth:`writing` while they are in use: :meth:`gc` removes
+        the snapshots of layers no image in the index uses."""
+        from layercore.extract import snapshot
+
+        with self.writing():
+            paths = []
+            for i, layer in enumerate(layers):
+                final = self._snapshot_path(self._chain(layers[: i + 1]), xattrs)
+                if not final.is_dir():
+                    final.parent.mkdir(exist_ok=True)
+                    tmp = self._tmp_path(".snapshot.d")
+                    try:
+                        snapshot(layer, tmp, xattrs=xattrs)
+                        self._place_snapshot(tmp, final)
+                    finally:
+                        if tmp.exists():
+                            _remove_tree(tmp)
+                paths.append(final)
+            return paths
+
+    def commit_snapshot(
+        self,
+        upper: Path,
+        layers: Sequence[Layer],
+        *,
+        xattrs: Literal["trusted", "user"] = "trusted",
+    ) -> Path:
+        """Keeps the overlay upper directory ``upper`` (in the store's file system; moved, not
+        copied) as the snapshot of the top layer of ``layers``, the layer written from it, as
+        containerd commits an active snapshot; if that snapshot exists already, ``upper`` is
+        removed. Returns the snapshot's path."""
+        final = self._snapshot_path(self._chain(layers), xattrs)
+        if final.is_dir():
+            _remove_tree(upper)
+            return final
+        final.parent.mkdir(exist_ok=True)
+        self._place_snapshot(upper, final)
+        if upper.exists():
+            _remove_tree(upper)
+        return final
+
+    def overlay_layer(
+        self,
+        upper: StrPath,
+        *,
+        lower: Stack | None = None,
+        compression: Compression = "gzip",
+        level: int | None = None,
+        source_date_epoch: int | None = None,
+        owner: Owner = "root",
+        threads: int | None = None,
+    ) -> Layer:
+        """Writes the overlayfs upper directory ``upper`` as a layer straight into the store
+        (see :meth:`Layer.from_overlay_upper <layercore.Layer.from_overlay_upper>`)."""
+        with self.writing(), self._new_layer() as tmp:
+            layer = Layer.from_overlay_upper(
+                upper,
+                tmp,
+                compression=compression,
+                level=level,
+                source_date_epoch=source_date_epoch,
+                owner=owner,
+                threads=threads,
+                lower=lower,
+            )
+            return self._adopt(tmp, layer)
+
+    @staticmethod
+    def _chain(layers: Sequence[Layer]) -> str:
+        return _core.chain_id([layer.diff_id for layer in layers])
+
+    def _snapshot_path(self, chain: str, xattrs: str) -> Path:
+        name = _hex(chain) + (".user" if xattrs == "user" else "")
+        return self._private / "snapshots" / name
+
+    @staticmethod
+    def _place_snapshot(tmp: Path, final: Path) -> None:
+        try:
+            tmp.rename(final)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not final.is_dir():
+                raise
+
     def attach(self, image: Image) -> Image:
         """``image`` with its merged view's layer indexes cached in the store, as a loaded
         image's are: for an image made of the store's layers but not saved yet (a build's
@@ -611,7 +708,8 @@ class Store:
         if getattr(self._local, "depth", 0):
             raise RuntimeError("Store.gc() cannot run inside Store.writing() in the same thread")
         with _flock(self._private / "gc.lock", fcntl.LOCK_EX):
-            reachable = self._reachable(self._read_index()["manifests"])
+            configs: set[str] = set()
+            reachable = self._reachable(self._read_index()["manifests"], configs=configs)
             removed: list[str] = []
             freed = 0
             for name, size in _files(self._blobs):
@@ -630,11 +728,41 @@ class Store:
             for name, size in _files(self._tmp):
                 (self._tmp / name).unlink(missing_ok=True)
                 freed += size
-            for leftover in self._tmp.glob("*.d"):
+            leftovers = list(self._tmp.glob("*.d"))
+            if leftovers:
+                _unmount_below(self._tmp)  # a build's read-only stage view, if it died
+            for leftover in leftovers:
                 _remove_tree(leftover)
+            freed += self._gc_snapshots(configs)
             if removed:
                 fsync_dir(self._blobs)
         return GcReport(sorted(removed), freed)
+
+    def _gc_snapshots(self, configs: Iterable[str]) -> int:
+        """Removes the snapshots of stacks that no image config in ``configs`` has (see
+        :meth:`snapshots`); returns the bytes freed."""
+        root = self._private / "snapshots"
+        if not root.is_dir():
+            return 0
+        keep: set[str] = set()
+        for digest in configs:
+            try:
+                config = json.loads(self._read_blob(digest, "config"))
+                diff_ids = config["rootfs"]["diff_ids"]
+            except (LayerError, ValueError, KeyError, TypeError):
+                continue  # not an image config (an artifact's)
+            if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+                continue
+            for i in range(len(diff_ids)):
+                with suppress(ValueError):
+                    keep.add(_hex(_core.chain_id(diff_ids[: i + 1])))
+        freed = 0
+        for entry in root.iterdir():
+            if entry.name.removesuffix(".user") in keep:
+                continue
+            freed += _tree_size(entry)
+            _remove_tree(entry)
+        return freed
 
     def du(self) -> DiskUsage:
         """How the store's bytes are used: per image, and what sharing blobs saves."""
@@ -1190,13 +1318,17 @@ class Store:
         )
 
     def _reachable(
-        self, roots: Iterable[Mapping[str, Any]], *, damaged: set[str] | None = None
+        self,
+        roots: Iterable[Mapping[str, Any]],
+        *,
+        damaged: set[str] | None = None,
+        configs: set[str] | None = None,
     ) -> dict[str, int]:
         """Every blob reachable from the descriptors ``roots`` -> its size per its descriptor.
 
         Manifests and indexes are read (and hashed) to follow them. Without ``damaged`` a
         missing, damaged or invalid one raises; with it, its digest is added there and it is
-        not followed."""
+        not followed. The manifests' config digests are added to ``configs``."""
         found: dict[str, int] = {}
         queue: list[Mapping[str, Any]] = list(roots)
         while queue:
@@ -1220,7 +1352,10 @@ class Store:
             if kind in _INDEX_TYPES or (kind is None and "manifests" in obj):
                 children = obj.get("manifests")
             else:
-                children = [obj.get("config"), *(obj.get("layers") or [])]
+                config = obj.get("config")
+                children = [config, *(obj.get("layers") or [])]
+                if configs is not None and isinstance(config, dict):
+                    configs.add(str(config.get("digest")))
             if isinstance(children, list):
                 queue.extend(c for c in children if isinstance(c, dict))
         return found
@@ -1276,6 +1411,11 @@ def _remove_tree(path: Path) -> None:
 
     def retry(func: Callable[..., Any], target: str, _exc: object) -> None:
         try:
+            if func in (os.open, os.scandir):
+                # A directory that may not be read (an overlay's work dir is mode 000).
+                os.chmod(target, 0o700)
+                _remove_tree(Path(target))
+                return
             os.chmod(os.path.dirname(target), 0o700)
             func(target)
         except FileNotFoundError:
@@ -1285,6 +1425,31 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, onexc=retry)
     else:
         shutil.rmtree(path, onerror=retry)
+
+
+def _unmount_below(path: Path) -> None:
+    """Detaches every mount of this mount namespace below ``path`` (deepest first)."""
+    prefix = os.path.realpath(path) + "/"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            points = [line.split()[4] for line in f if len(line.split()) > 4]
+    except OSError:
+        return
+    decoded = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p) for p in points]
+    for point in sorted((p for p in decoded if p.startswith(prefix)), key=len, reverse=True):
+        with suppress(OSError):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def _tree_size(path: Path) -> int:
+    """The bytes of the regular files below ``path``."""
+    total = 0
+    for base, _dirs, names in os.walk(path):
+        for name in names:
+            with suppress(OSError):
+                st = os.lstat(os.path.join(base, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 def _files(directory: Path) -> Iterator[tuple[str, int]]:

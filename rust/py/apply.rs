@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::{detached, to_pyerr};
-use crate::apply::{self, ApplyOptions, ApplyReport, DevicePolicy};
+use crate::apply::{self, ApplyOptions, ApplyReport, DevicePolicy, OverlayXattrs};
 
 fn report<'py>(py: Python<'py>, r: &ApplyReport) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -19,9 +19,13 @@ fn report<'py>(py: Python<'py>, r: &ApplyReport) -> PyResult<Bound<'py, PyDict>>
     Ok(d)
 }
 
-fn options(devices: &str) -> PyResult<ApplyOptions> {
+fn options(devices: &str, overlay: Option<&str>) -> PyResult<ApplyOptions> {
     Ok(ApplyOptions {
         devices: DevicePolicy::parse(devices).map_err(to_pyerr)?,
+        overlay: overlay
+            .map(OverlayXattrs::parse)
+            .transpose()
+            .map_err(to_pyerr)?,
     })
 }
 
@@ -35,7 +39,7 @@ fn apply_layer<'py>(
     dest: PathBuf,
     devices: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let options = options(devices)?;
+    let options = options(devices, None)?;
     let r = detached(py, |check| {
         apply::apply_layer(&blob, &dest, &options, check)
     })?;
@@ -43,16 +47,18 @@ fn apply_layer<'py>(
 }
 
 /// Extracts layer blobs, bottom first, into `dest` (empty or missing); returns the report of
-/// all layers together.
+/// all layers together. With `overlay` ("trusted" or "user"), writes them in overlayfs
+/// lower-directory form (whiteout devices, opaque xattrs in that namespace).
 #[pyfunction]
-#[pyo3(signature = (blobs, dest, *, devices="skip"))]
+#[pyo3(signature = (blobs, dest, *, devices="skip", overlay=None))]
 fn extract_layers<'py>(
     py: Python<'py>,
     blobs: Vec<PathBuf>,
     dest: PathBuf,
     devices: &str,
+    overlay: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let options = options(devices)?;
+    let options = options(devices, overlay)?;
     let r = detached(py, |check| {
         apply::extract_stack(&blobs, &dest, &options, check)
     })?;

@@ -75,10 +75,11 @@ fn diff_stack_dir<'py>(
 }
 
 /// Writes an overlayfs upper directory as a layer at `out` (whiteout devices and opaque
-/// directories converted to OCI whiteouts); returns its descriptor and the warnings.
+/// directories converted to OCI whiteouts); returns its descriptor and the warnings. `lower`,
+/// the stack below the upper dir, gives the owners of the "inherit" policy.
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
-#[pyo3(signature = (upper, out, *, compression, level, threads, owner, source_date_epoch))]
+#[pyo3(signature = (upper, out, *, compression, level, threads, owner, source_date_epoch, lower=None))]
 fn overlay_upper_to_layer<'py>(
     py: Python<'py>,
     upper: PathBuf,
@@ -88,10 +89,12 @@ fn overlay_upper_to_layer<'py>(
     threads: Option<usize>,
     owner: &str,
     source_date_epoch: Option<i64>,
+    lower: Option<PyRef<'py, PyStackView>>,
 ) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
     let options = build_options(compression, level, source_date_epoch, owner, threads)?;
+    let view = lower.map(|l| l.view().clone());
     let d = detached(py, |check| {
-        diff::from_overlay_upper(&upper, &out, &options, check)
+        diff::from_overlay_upper(&upper, &out, &options, view.as_deref(), check)
     })?;
     built(py, d)
 }

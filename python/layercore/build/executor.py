@@ -17,11 +17,16 @@
   destinations are under ``WORKDIR``. ``--from`` reads another stage's (or an image's) tree,
   ``--chown`` takes ids or names from the image's ``/etc/passwd`` and ``/etc/group``,
   ``--chmod`` octal bits, ``--exclude`` patterns. ``ADD`` unpacks local tar archives.
-- **RUN** extracts the stage's tree into a scratch root filesystem (kept for the next ``RUN``
-  of the stage, with the layers written since applied to it), runs the command there with
-  ``bwrap`` (new mount, PID, IPC and UTS namespaces; the network unless ``--network=none``;
-  ``/proc``, ``/dev``, and the host's ``/etc/hosts`` and ``/etc/resolv.conf`` mounted in and
-  their mount points removed again), streams its output, and writes what changed as a layer
+- **RUN** mounts an overlay of the stage's snapshots (:meth:`Store.snapshots
+  <layercore.Store.snapshots>`: each layer extracted once, keyed by chain_id) with a fresh
+  upper dir, in a private mount namespace (a user namespace with ``userxattr`` when not
+  root), runs the command on it with ``bwrap`` (new mount, PID, IPC and UTS namespaces; the
+  network unless ``--network=none``; ``/proc``, ``/dev``, and the host's ``/etc/hosts`` and
+  ``/etc/resolv.conf`` mounted in on mount points that a skeleton lower dir provides), streams
+  its output, writes the upper dir as the layer (:meth:`Store.overlay_layer
+  <layercore.Store.overlay_layer>`) and keeps it as that layer's snapshot. Where overlayfs
+  cannot be mounted (or ``LAYERCORE_SNAPSHOTTER=copy``), the stage's tree is extracted into a
+  scratch root filesystem (kept for the stage's next ``RUN``) and diffed
   (:meth:`Store.diff_layer <layercore.Store.diff_layer>`).
 
 History entries are BuildKit's (``comment: buildkit.dockerfile.v0``); ``source_date_epoch``
@@ -47,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from layercore._core import Entry
 from layercore.build.context import (
     IgnoreRules,
     ignore_file_for,
@@ -63,7 +69,7 @@ from layercore.errors import (
     SourceNotFoundError,
 )
 from layercore.image import Image, host_architecture
-from layercore.layer import Compression, DirAttrs, StrPath
+from layercore.layer import Compression, DirAttrs, Owner, StrPath
 from layercore.store import Store
 
 __all__ = ["BuildEvent", "BuildResult", "BuildStep", "build"]
@@ -71,6 +77,7 @@ __all__ = ["BuildEvent", "BuildResult", "BuildStep", "build"]
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Mount points bwrap creates in the root filesystem if they are missing; removed after a RUN.
 _MOUNT_POINTS = ("proc", "dev", "etc/hosts", "etc/resolv.conf")
+_HOST_FILES = ("/etc/hosts", "/etc/resolv.conf")
 _OUTPUT_LINES = 20
 
 
@@ -656,10 +663,34 @@ class _Build:
             self.trees[ref] = path
             return path
         image = self.images[index] if index is not None else self.image(ref, ins)
-        path = self.workspace("from")
-        image.stack.extract(path)
+        if image.layers and os.geteuid() == 0 and _overlay_works(self.store):
+            # The stage's snapshots, mounted read-only: nothing is extracted but the layers
+            # that have no snapshot yet.
+            path = self.mounted(image)
+        else:
+            path = self.workspace("from")
+            image.stack.extract(path)
         self.trees[ref] = path
         return path
+
+    def mounted(self, image: Image) -> Path:
+        """The merged tree of ``image``'s snapshots, mounted read-only (an overlay without an
+        upper dir) in a workspace until the build ends; root only."""
+        ws = self.workspace("view")
+        lowers = _link_lowers(ws, self.store.snapshots(image.layers))
+        (ws / "skel").mkdir()
+        (ws / "merged").mkdir()
+        options = "ro,lowerdir=" + ":".join(["skel", *lowers])
+        done = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", options, "merged"],
+            cwd=ws,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise BuildError(f"cannot mount the snapshots of {image.digest}: {done.stderr.strip()}")
+        self._exit.callback(_unmount, ws / "merged")
+        return ws / "merged"
 
     # -- RUN
 
@@ -687,14 +718,20 @@ class _Build:
             else:
                 docs = "".join(h.content + h.name + "\n" for h in ins.heredocs)
                 argv = [*state.shell, ins.args[0] + "\n" + docs]
-        rootfs = self.rootfs_for(stage, image)
+        # Not root: every file of the tree belongs to the caller on disk; a path keeps the
+        # owner the image gives it, and a new one belongs to root (the sandbox's root).
+        owner: Owner = "numeric" if os.geteuid() == 0 else "inherit"
         with step_scope:
             mounts = self.mounts(state, ins, step_scope)
             if script_mount is not None:
                 mounts.append(script_mount)
+            if _overlay_works(self.store):
+                return self.run_overlay(stage, state, image, ins, argv, network, mounts, owner)
+            rootfs = self.rootfs_for(stage, image)
             targets = [*_MOUNT_POINTS, *(m.target.lstrip("/") for m in mounts)]
             points = _MountPoints(rootfs, targets)
             try:
+                (rootfs / state.workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
                 self._run(stage, state, image, ins, rootfs, argv, network, mounts)
             except BaseException:
                 self.rootfs.pop(stage.index, None)
@@ -706,9 +743,7 @@ class _Build:
             rootfs,
             compression=self.compression,
             source_date_epoch=self.epoch,
-            # Not root: every file of the tree belongs to the caller on disk; a path keeps the
-            # owner the image gives it, and a new one belongs to root (the sandbox's root).
-            owner="numeric" if os.geteuid() == 0 else "inherit",
+            owner=owner,
         )
         image = image.append(
             layer,
@@ -717,6 +752,66 @@ class _Build:
             created=self.created(),
         )
         self.rootfs[stage.index] = (list(image.diff_ids), rootfs)
+        return image
+
+    def run_overlay(
+        self,
+        stage: Stage,
+        state: StageState,
+        image: Image,
+        ins: Instruction,
+        argv: list[str],
+        network: str,
+        mounts: list[_Mount],
+        owner: Owner,
+    ) -> Image:
+        """RUN on an overlay of the stage's snapshots: the upper dir is the step's change,
+        written as the layer and then kept as that layer's snapshot. Mount points missing from
+        the image are made in a skeleton directory mounted as the top lower dir, so neither
+        the upper dir nor the layer has them."""
+        with self.store.workspace("run") as ws:
+            userns = os.geteuid() != 0
+            xattrs: Literal["trusted", "user"] = "user" if userns else "trusted"
+            lowers = _link_lowers(ws, self.store.snapshots(image.layers, xattrs=xattrs))
+            files = [f for f in _HOST_FILES if network != "none" and os.path.exists(f)]
+            points = [("proc", True), ("dev", True), *((f, False) for f in files)]
+            points.append((state.workdir, True))
+            for m in mounts:
+                points.append((m.target, m.kind == "tmpfs" or bool(m.source and m.source.is_dir())))
+            _skeleton(image, ws / "skel", points)
+            for name in ("upper", "work", "merged"):
+                (ws / name).mkdir(mode=0o755)
+            os.chmod(ws / "upper", 0o755)
+            merged = ws / "merged"
+            options = ("userxattr," if userns else "index=off,redirect_dir=off,metacopy=off,") + (
+                "lowerdir=" + ":".join(["skel", *lowers]) + ",upperdir=upper,workdir=work"
+            )
+            self._run(
+                stage,
+                state,
+                image,
+                ins,
+                merged,
+                argv,
+                network,
+                mounts,
+                host_files=files,
+                overlay=(ws, options),
+            )
+            layer = self.store.overlay_layer(
+                ws / "upper",
+                lower=image.stack,
+                compression=self.compression,
+                source_date_epoch=self.epoch,
+                owner=owner,
+            )
+            image = image.append(
+                layer,
+                created_by=state.run_history(argv),
+                comment=BUILDKIT_COMMENT,
+                created=self.created(),
+            )
+            self.store.commit_snapshot(ws / "upper", image.layers, xattrs=xattrs)
         return image
 
     def _run(
@@ -729,23 +824,42 @@ class _Build:
         argv: list[str],
         network: str,
         mounts: list[_Mount],
+        *,
+        host_files: list[str] | None = None,
+        overlay: tuple[Path, str] | None = None,
     ) -> None:
-        """Runs the command; raises :class:`BuildError` if it fails."""
+        """Runs the command in ``rootfs`` (with ``overlay``, the workspace holding the lower
+        dir links, upper, work and merged dirs, and the mount options: ``rootfs`` is mounted
+        there first, in the command's private mount namespace); raises :class:`BuildError` if
+        it fails."""
         env = state.run_env()
         env.setdefault("PATH", _DEFAULT_PATH)
         user = state.config.get("User") or ""
         uid, gid = self.owner(user, image, ins) if user else (0, 0)
         workdir = state.workdir
-        (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        host_files = [f for f in ("/etc/hosts", "/etc/resolv.conf") if os.path.exists(f)]
-        if network == "none":
-            host_files = []
+        if host_files is None:
+            host_files = [f for f in _HOST_FILES if network != "none" and os.path.exists(f)]
+        userns = overlay is not None and os.geteuid() != 0
         if uid != 0 and os.geteuid() == 0:
-            command = _chroot_command(rootfs, workdir, uid, gid, network, host_files, mounts, argv)
+            command = _chroot_command(
+                rootfs,
+                workdir,
+                uid,
+                gid,
+                network,
+                host_files,
+                mounts,
+                argv,
+                prepare=overlay is None,
+            )
             process_env = env
         else:
-            command = _bwrap_command(rootfs, workdir, network, host_files, mounts, env, argv)
+            command = _bwrap_command(
+                rootfs, workdir, network, host_files, mounts, env, argv, userns=userns
+            )
             process_env = None
+        if overlay is not None:
+            command = _in_overlay(command, overlay[0], overlay[1], userns=userns)
         shown = " ".join(argv)
         tail: deque[str] = deque(maxlen=_OUTPUT_LINES)
         try:
@@ -937,9 +1051,12 @@ def _bwrap_command(
     mounts: Sequence[_Mount],
     env: Mapping[str, str],
     argv: Sequence[str],
+    *,
+    userns: bool = False,
 ) -> list[str]:
-    """The command as root (or, for a caller that is not root, as root of a user namespace)
-    in ``rootfs``: new mount, PID, IPC and UTS namespaces, ``/proc``, a minimal ``/dev``."""
+    """The command as root (or, for a caller that is not root, as root of a user namespace;
+    ``userns``: bwrap already runs as root of one) in ``rootfs``: new mount, PID, IPC and UTS
+    namespaces, ``/proc``, a minimal ``/dev``."""
     command = ["bwrap", "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev"]
     command += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent"]
     if network == "none":
@@ -951,7 +1068,7 @@ def _bwrap_command(
             command += ["--tmpfs", m.target]
         else:
             command += ["--ro-bind" if m.readonly else "--bind", str(m.source), m.target]
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not userns:
         command += ["--unshare-user", "--uid", "0", "--gid", "0"]
     command += ["--chdir", workdir, "--clearenv"]
     for k, v in env.items():
@@ -968,25 +1085,29 @@ def _chroot_command(
     host_files: list[str],
     mounts: Sequence[_Mount],
     argv: Sequence[str],
+    *,
+    prepare: bool = True,
 ) -> list[str]:
     """The command as ``uid:gid`` in ``rootfs``, for a caller that is root: files it creates
     are owned by that user on disk, so the layer records them so. bwrap can only give another
     uid inside a user namespace, where that uid maps to the caller; util-linux ``unshare``
     sets it directly: a private mount namespace gets the host's ``/dev`` and files bound in,
-    then new PID, IPC and UTS namespaces, ``/proc``, the root, the working directory, the ids."""
-    for point in ("dev", "proc"):
-        (rootfs / point).mkdir(exist_ok=True)
-    for f in host_files:
-        target = rootfs / f.lstrip("/")
-        target.parent.mkdir(exist_ok=True)
-        if not target.exists():
-            target.touch()
+    then new PID, IPC and UTS namespaces, ``/proc``, the root, the working directory, the ids.
+    ``prepare``: create the mount points in ``rootfs`` first (an overlay's skeleton has them)."""
+    if prepare:
+        for point in ("dev", "proc"):
+            (rootfs / point).mkdir(exist_ok=True)
+        for f in host_files:
+            target = rootfs / f.lstrip("/")
+            target.parent.mkdir(exist_ok=True)
+            if not target.exists():
+                target.touch()
     binds = "".join(f' && mount --bind {f} "$r{f}"' for f in host_files)
     for m in mounts:
         target = rootfs / m.target.lstrip("/")
-        if m.kind == "tmpfs" or (m.source is not None and m.source.is_dir()):
+        if prepare and (m.kind == "tmpfs" or (m.source is not None and m.source.is_dir())):
             target.mkdir(parents=True, exist_ok=True)
-        else:
+        elif prepare:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch(exist_ok=True)
         quoted = shlex.quote(str(target))
@@ -1003,6 +1124,152 @@ def _chroot_command(
     if network == "none":
         outer.append("--net")
     return [*outer, "--", "/bin/sh", "-c", script, "sh", str(rootfs), *inner, "--", *argv]
+
+
+def _in_overlay(command: list[str], ws: Path, options: str, *, userns: bool) -> list[str]:
+    """``command`` run after an overlay is mounted on ``ws/merged`` with ``options`` (paths
+    relative to ``ws``), in a private mount namespace (and, for a caller that is not root, a
+    user namespace where the caller is root, with ``userxattr``): the mount is gone when the
+    command ends, however it ends."""
+    script = 'cd "$1" && mount -t overlay overlay -o "$2" merged && shift 2 && exec "$@"'
+    outer = ["unshare", "--mount", "--propagation", "private"]
+    if userns:
+        outer[1:1] = ["--user", "--map-root-user"]
+    return [*outer, "--", "/bin/sh", "-c", script, "sh", str(ws), options, *command]
+
+
+def _link_lowers(ws: Path, snapshots: Sequence[Path]) -> list[str]:
+    """Short names (``l/0``, ``l/1``, ...) in ``ws`` for the snapshot directories, top first,
+    as an overlay's ``lowerdir`` lists them: a mount's options fit in one page, and these
+    names keep hundreds of layers within it."""
+    links = ws / "l"
+    links.mkdir()
+    for i, path in enumerate(snapshots):
+        os.symlink(path, links / str(i))
+    return [f"l/{i}" for i in reversed(range(len(snapshots)))]
+
+
+def _skeleton(image: Image, skel: Path, points: Sequence[tuple[str, bool]]) -> None:
+    """Makes in ``skel`` each mount point ``(path, is_dir)`` that ``image``'s tree lacks, with
+    the missing directories leading to it (0755), after resolving symlinks in the image as
+    the sandbox will; a path blocked by a file is left alone."""
+    skel.mkdir(exist_ok=True)
+    for path, is_dir in points:
+        resolved = _resolve_in(image, path)
+        if resolved is None:
+            continue
+        parts = [p for p in resolved.split("/") if p]
+        found: list[tuple[Path, Entry]] = []  # the image's directories on the way, to mirror
+        for i in range(len(parts)):
+            rel = "/".join(parts[: i + 1])
+            last = i == len(parts) - 1
+            entry = image.stack.lookup(rel) if image.layers else None
+            if entry is not None:
+                if last:
+                    break
+                if entry.kind != "dir":
+                    break  # a file where a directory should be: not ours to fix
+                found.append((skel / rel, entry))
+                continue
+            # A directory of the skeleton shows its own attributes in the merged tree (and a
+            # copy-up takes them): those the image has on the way are made as the image has
+            # them.
+            for mirror, dir_entry in found:
+                if not mirror.is_dir():
+                    mirror.mkdir()
+                    os.chmod(mirror, dir_entry.mode & 0o7777)
+                    if os.geteuid() == 0:
+                        os.lchown(mirror, dir_entry.uid, dir_entry.gid)
+            found.clear()
+            target = skel / rel
+            if not last or is_dir:
+                target.mkdir(mode=0o755, exist_ok=True)
+            elif not os.path.lexists(target):
+                target.touch(mode=0o644)
+    # Times last: making the mount points changed them.
+    for base, dirs, _files in os.walk(skel):
+        for name in dirs:
+            rel = os.path.relpath(os.path.join(base, name), skel)
+            entry = image.stack.lookup(rel) if image.layers else None
+            if entry is not None:
+                os.utime(os.path.join(base, name), (entry.mtime, entry.mtime))
+
+
+def _resolve_in(image: Image, path: str) -> str | None:
+    """``path`` with the symlinks of ``image``'s tree resolved (inside the tree, as the sandbox
+    resolves them); ``None`` after 40 links."""
+    parts = [p for p in path.split("/") if p]
+    out: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if out:
+                out.pop()
+            continue
+        entry = image.stack.lookup("/".join([*out, part])) if image.layers else None
+        if entry is not None and entry.kind == "symlink" and entry.linkname:
+            hops += 1
+            if hops > 40:
+                return None
+            if entry.linkname.startswith("/"):
+                out = []
+            parts = [p for p in entry.linkname.split("/") if p] + parts
+            continue
+        out.append(part)
+    return "/".join(out)
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+_overlay_ok: dict[int, bool] = {}
+
+
+def _overlay_works(store: Store) -> bool:
+    """Whether RUN can mount an overlay here (``LAYERCORE_SNAPSHOTTER=copy`` says never,
+    ``overlay`` always): probed once per process, by mounting one in a user namespace when
+    not root, as RUN will."""
+    choice = os.environ.get("LAYERCORE_SNAPSHOTTER", "")
+    if choice in ("copy", "overlay"):
+        return choice == "overlay"
+    euid = os.geteuid()
+    if euid in _overlay_ok:
+        return _overlay_ok[euid]
+    # A probe that mounted is remembered in the store for this kernel (a process start must
+    # not pay for it); one that failed is tried again by the next process.
+    mark = store.root / ".layercore" / f"overlay-ok-{euid}"
+    kernel = os.uname().release
+    with suppress(OSError):
+        if mark.read_text() == kernel:
+            _overlay_ok[euid] = True
+            return True
+    if euid not in _overlay_ok:
+        try:
+            with store.workspace("probe") as ws:
+                for name in ("lower", "upper", "work", "merged"):
+                    (ws / name).mkdir()
+                userns = euid != 0
+                options = ("userxattr," if userns else "") + (
+                    "lowerdir=lower,upperdir=upper,workdir=work"
+                )
+                done = subprocess.run(
+                    _in_overlay(["true"], ws, options, userns=userns),
+                    capture_output=True,
+                    timeout=30,
+                )
+                _overlay_ok[euid] = done.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            _overlay_ok[euid] = False
+        if _overlay_ok[euid]:
+            with suppress(OSError):
+                tmp = mark.with_name(f".{mark.name}.{os.getpid()}")
+                tmp.write_text(kernel)
+                tmp.replace(mark)
+    return _overlay_ok[euid]
 
 
 #: The mark of a URL source among a COPY's matches.
