@@ -663,19 +663,23 @@ class _Build:
             self.trees[ref] = path
             return path
         image = self.images[index] if index is not None else self.image(ref, ins)
-        if image.layers and os.geteuid() == 0 and _overlay_works(self.store):
+        mounted = None
+        if image.layers and os.geteuid() == 0 and _overlay_works():
             # The stage's snapshots, mounted read-only: nothing is extracted but the layers
             # that have no snapshot yet.
-            path = self.mounted(image)
+            mounted = self.mounted(image)
+        if mounted is not None:
+            path = mounted
         else:
             path = self.workspace("from")
             image.stack.extract(path)
         self.trees[ref] = path
         return path
 
-    def mounted(self, image: Image) -> Path:
+    def mounted(self, image: Image) -> Path | None:
         """The merged tree of ``image``'s snapshots, mounted read-only (an overlay without an
-        upper dir) in a workspace until the build ends; root only."""
+        upper dir) in a workspace until the build ends; root only. ``None`` if it cannot be
+        mounted."""
         ws = self.workspace("view")
         lowers = _link_lowers(ws, self.store.snapshots(image.layers))
         (ws / "skel").mkdir()
@@ -688,7 +692,8 @@ class _Build:
             text=True,
         )
         if done.returncode != 0:
-            raise BuildError(f"cannot mount the snapshots of {image.digest}: {done.stderr.strip()}")
+            _overlay_failed.add(os.geteuid())
+            return None
         self._exit.callback(_unmount, ws / "merged")
         return ws / "merged"
 
@@ -725,8 +730,18 @@ class _Build:
             mounts = self.mounts(state, ins, step_scope)
             if script_mount is not None:
                 mounts.append(script_mount)
-            if _overlay_works(self.store):
-                return self.run_overlay(stage, state, image, ins, argv, network, mounts, owner)
+            if _overlay_works():
+                try:
+                    return self.run_overlay(stage, state, image, ins, argv, network, mounts, owner)
+                except _OverlayUnavailable:
+                    if os.environ.get("LAYERCORE_SNAPSHOTTER") == "overlay":
+                        raise BuildError(
+                            "LAYERCORE_SNAPSHOTTER=overlay, but overlayfs cannot be mounted here",
+                            self.df.path,
+                            stage=stage.label,
+                            line=ins.line,
+                        ) from None
+                    _overlay_failed.add(os.geteuid())
             rootfs = self.rootfs_for(stage, image)
             targets = [*_MOUNT_POINTS, *(m.target.lstrip("/") for m in mounts)]
             points = _MountPoints(rootfs, targets)
@@ -889,6 +904,13 @@ class _Build:
         except BaseException:
             _kill(proc)
             raise
+        first = next(iter(tail), "")
+        if overlay is not None and (
+            (code == _MOUNT_FAILED_CODE and first == _MOUNT_FAILED_MARK)
+            # No user namespace for a caller that is not root: the wrapper could not start.
+            or (code == 1 and userns and first.startswith("unshare: "))
+        ):
+            raise _OverlayUnavailable()
         if code != 0:
             raise BuildError(
                 f"stage {stage.label}: RUN {shown!r} exited with code {code}",
@@ -1131,7 +1153,10 @@ def _in_overlay(command: list[str], ws: Path, options: str, *, userns: bool) -> 
     relative to ``ws``), in a private mount namespace (and, for a caller that is not root, a
     user namespace where the caller is root, with ``userxattr``): the mount is gone when the
     command ends, however it ends."""
-    script = 'cd "$1" && mount -t overlay overlay -o "$2" merged && shift 2 && exec "$@"'
+    script = (
+        'cd "$1" && { mount -t overlay overlay -o "$2" merged 2>/dev/null || '
+        f'{{ echo "{_MOUNT_FAILED_MARK}"; exit {_MOUNT_FAILED_CODE}; }}; }} && shift 2 && exec "$@"'
+    )
     outer = ["unshare", "--mount", "--propagation", "private"]
     if userns:
         outer[1:1] = ["--user", "--map-root-user"]
@@ -1226,50 +1251,27 @@ def _unmount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-_overlay_ok: dict[int, bool] = {}
+#: Users (euid) for whom an overlay could not be mounted in this process.
+_overlay_failed: set[int] = set()
+#: What the overlay wrapper prints, and its exit code, when the mount fails (before the
+#: command has run, so nothing else was printed).
+_MOUNT_FAILED_MARK = "layercore: overlay mount failed"
+_MOUNT_FAILED_CODE = 219
 
 
-def _overlay_works(store: Store) -> bool:
-    """Whether RUN can mount an overlay here (``LAYERCORE_SNAPSHOTTER=copy`` says never,
-    ``overlay`` always): probed once per process, by mounting one in a user namespace when
-    not root, as RUN will."""
+class _OverlayUnavailable(Exception):
+    """The overlay could not be mounted: RUN falls back to a copied root filesystem."""
+
+
+def _overlay_works() -> bool:
+    """Whether RUN should mount an overlay (``LAYERCORE_SNAPSHOTTER=copy`` says never,
+    ``overlay`` always): yes unless a mount failed for this user in this process. Nothing is
+    probed ahead: a RUN whose mount fails says so (:data:`_MOUNT_FAILED_MARK`) and runs again
+    on a copied root filesystem."""
     choice = os.environ.get("LAYERCORE_SNAPSHOTTER", "")
     if choice in ("copy", "overlay"):
         return choice == "overlay"
-    euid = os.geteuid()
-    if euid in _overlay_ok:
-        return _overlay_ok[euid]
-    # A probe that mounted is remembered in the store for this kernel (a process start must
-    # not pay for it); one that failed is tried again by the next process.
-    mark = store.root / ".layercore" / f"overlay-ok-{euid}"
-    kernel = os.uname().release
-    with suppress(OSError):
-        if mark.read_text() == kernel:
-            _overlay_ok[euid] = True
-            return True
-    if euid not in _overlay_ok:
-        try:
-            with store.workspace("probe") as ws:
-                for name in ("lower", "upper", "work", "merged"):
-                    (ws / name).mkdir()
-                userns = euid != 0
-                options = ("userxattr," if userns else "") + (
-                    "lowerdir=lower,upperdir=upper,workdir=work"
-                )
-                done = subprocess.run(
-                    _in_overlay(["true"], ws, options, userns=userns),
-                    capture_output=True,
-                    timeout=30,
-                )
-                _overlay_ok[euid] = done.returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            _overlay_ok[euid] = False
-        if _overlay_ok[euid]:
-            with suppress(OSError):
-                tmp = mark.with_name(f".{mark.name}.{os.getpid()}")
-                tmp.write_text(kernel)
-                tmp.replace(mark)
-    return _overlay_ok[euid]
+    return os.geteuid() not in _overlay_failed
 
 
 #: The mark of a URL source among a COPY's matches.
