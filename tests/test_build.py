@@ -332,6 +332,55 @@ def test_command_line(store: Store, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "Dockerfile:2:1: unknown instruction: FRM" in bad.stderr
 
 
+def test_progress_on_a_terminal_is_live(store: Store, tmp_path: Path) -> None:
+    """On a terminal (``--progress auto``) the steps are redrawn in place, each with its
+    time and the running RUN's last output lines; a pipe gets plain lines."""
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test
+        RUN echo first line && echo second line
+        RUN echo more
+        """,
+    )
+    command = [sys.executable, "-m", "layercore", "--store", str(store.root), "build"]
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "100", "LINES": "40"}
+    proc = subprocess.Popen(
+        [*command, "-t", "live:1", str(ctx)], stdin=slave, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        assert ready, "no output for a minute"
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child's side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(60) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "\x1b[" in screen  # redrawn in place
+    assert "=> [0:2] RUN echo first line && echo second line" in screen
+    assert "first line" in screen.replace("=> [0:2] RUN echo first line", "")
+    assert "second line" in screen and "DONE" in screen
+    assert "live:1" in store.tags()
+    piped = subprocess.run(
+        [*command, str(ctx)], capture_output=True, text=True, env=env, check=False
+    )
+    assert piped.returncode == 0 and "\x1b[" not in piped.stderr
+    assert "#1 [0:2] RUN echo first line && echo second line" in piped.stderr
+
+
 def test_build_as_an_unprivileged_user(tmp_path: Path) -> None:
     """uid 65534 builds with COPY and RUN: bwrap runs the step as root of a user namespace, and
     what it writes belongs to root in the layer, as it would in a root build; a file the image

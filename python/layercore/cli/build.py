@@ -10,11 +10,18 @@ import argparse
 import json
 import os
 import sys
-from typing import TextIO
+import threading
+import time
+from contextlib import ExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO
 
 from layercore.cli.output import borderless_table, short_digest
 from layercore.cli.parser import Commands
 from layercore.cli.session import Session, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions, RenderResult
 
 __all__ = ["register"]
 
@@ -30,8 +37,10 @@ def register(commands: Commands) -> None:
         with the directory CONTEXT and saves the image in the store under each -t TAG. RUN
         steps run in a sandbox (bwrap) over the stage's files; COPY reads the context as
         .dockerignore leaves it. History entries are BuildKit's. --source-date-epoch (or
-        $SOURCE_DATE_EPOCH) makes the image reproducible. Progress goes to stderr: plain
-        lines (auto, plain) or one JSON event a line (json); --json prints the result.
+        $SOURCE_DATE_EPOCH) makes the image reproducible. Progress goes to stderr: on a
+        terminal (auto) a live view of the running steps with the last lines of their output;
+        plain lines (plain, or auto when stderr is no terminal); one JSON event a line (json).
+        --json prints the result.
         """,
         [
             "layercore build -t app:1 .",
@@ -127,6 +136,105 @@ class _Printer:
         self.out.flush()
 
 
+class _LiveStep:
+    def __init__(self, stage: str, line: int, text: str) -> None:
+        self.stage = stage
+        self.line = line
+        self.text = text
+        self.start = time.monotonic()
+        self.seconds: float | None = None
+        self.failed = False
+        self.output: list[str] = []
+
+
+class _Live:
+    """Progress on a terminal, redrawn in place as BuildKit's does: a line per step (``=>``,
+    its stage and Dockerfile line, the instruction, the time it has taken), and under each
+    running ``RUN`` the last lines of its output; the steps of stages built at once run side
+    by side. What scrolls out of the terminal's height is the oldest finished steps."""
+
+    OUTPUT_LINES = 6
+
+    def __init__(self, out: TextIO) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=out, highlight=False, markup=False, emoji=False)
+        self.steps: list[_LiveStep] = []
+        self.running: dict[tuple[str, int], _LiveStep] = {}
+        self.warnings: list[str] = []
+        self.lock = threading.Lock()
+        self.live = Live(
+            self,
+            console=self.console,
+            refresh_per_second=8,
+            redirect_stdout=False,
+            redirect_stderr=False,
+            vertical_overflow="visible",
+        )
+
+    def __enter__(self) -> _Live:
+        self.live.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        with self.lock:
+            for step in self.running.values():
+                step.failed = kind is not None
+                step.seconds = time.monotonic() - step.start
+            self.running.clear()
+        self.live.stop()
+
+    def __call__(self, event: object) -> None:
+        from layercore.build import BuildEvent
+
+        assert isinstance(event, BuildEvent)
+        with self.lock:
+            key = (event.stage, event.line)
+            if event.kind == "step":
+                step = _LiveStep(event.stage, event.line, event.text)
+                self.steps.append(step)
+                self.running[key] = step
+            elif event.kind == "output" and key in self.running:
+                output = self.running[key].output
+                output.append(event.text)
+                del output[: -self.OUTPUT_LINES]
+            elif event.kind == "done" and key in self.running:
+                step = self.running.pop(key)
+                step.seconds = event.step.seconds if event.step else None
+                step.output = []
+            elif event.kind == "warning":
+                self.warnings.append(event.text)
+        self.live.refresh()
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        from rich.text import Text
+
+        width = options.max_width
+        lines: list[Text] = [Text(f"warning: {w}", style="yellow") for w in self.warnings]
+        with self.lock:
+            now = time.monotonic()
+            for step in self.steps:
+                seconds = step.seconds if step.seconds is not None else now - step.start
+                state = "ERROR" if step.failed else "DONE" if step.seconds is not None else ""
+                right = f" {state} {seconds:.1f}s".rstrip() if state else f" {seconds:.1f}s"
+                head = f"=> [{step.stage}:{step.line}] " + " ".join(step.text.split())
+                room = max(width - len(right), 10)
+                if len(head) > room:
+                    head = head[: room - 3] + "..."
+                style = "red" if step.failed else "blue" if step.seconds is None else ""
+                lines.append(Text(head.ljust(room) + right, style=style))
+                for out in step.output:
+                    lines.append(Text("   " + out[: width - 3], style="dim"))
+        height = max(options.height or console.height, 5)
+        yield from lines[-height:]
+
+
 def _cmd_build(args: argparse.Namespace, session: Session) -> int:
     import layercore.build as builder
 
@@ -145,22 +253,28 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
         text, dockerfile = sys.stdin.buffer.read(), None
     if not os.path.isdir(args.context):
         raise UsageError(f"build: the context {args.context!r} is not a directory")
-    printer = _Printer(args.progress, sys.stderr)
-    result = builder.build(
-        args.context,
-        dockerfile=dockerfile,
-        dockerfile_text=text,
-        tags=args.tag,
-        target=args.target,
-        build_args=build_args,
-        labels=labels,
-        store=session.store,
-        source_date_epoch=args.source_date_epoch,
-        compression=args.compression,
-        no_cache=args.no_cache,
-        progress=printer,
-        secrets=secrets,
-    )
+    mode = args.progress
+    if mode == "auto":
+        mode = "tty" if sys.stderr.isatty() and os.environ.get("TERM") != "dumb" else "plain"
+    display = _Live(sys.stderr) if mode == "tty" else None
+    with ExitStack() as scope:
+        if display is not None:
+            scope.enter_context(display)
+        result = builder.build(
+            args.context,
+            dockerfile=dockerfile,
+            dockerfile_text=text,
+            tags=args.tag,
+            target=args.target,
+            build_args=build_args,
+            labels=labels,
+            store=session.store,
+            source_date_epoch=args.source_date_epoch,
+            compression=args.compression,
+            no_cache=args.no_cache,
+            progress=display if display is not None else _Printer(mode, sys.stderr),
+            secrets=secrets,
+        )
     if session.json:
         session.emit_json(
             {
