@@ -239,7 +239,10 @@ class Store:
         self._seen = self._private / "seen"
         self._index_dir = self._private / "index"
         self._index_json = self.root / "index.json"
-        self._local = threading.local()
+        # Per thread: how deep in writing() it is (the scope may be left on another thread, as
+        # a build's workspace is: the depth is restored on the thread that entered it).
+        self._depths: dict[int, int] = {}
+        self._depth_lock = threading.Lock()
         with _io_errors(self.root, "cannot create the store"):
             for d in (self._blobs, self._tmp, self._stamps, self._seen, self._index_dir):
                 d.mkdir(parents=True, exist_ok=True)
@@ -393,21 +396,21 @@ class Store:
         """Holds off :meth:`gc` (a shared lock on ``.layercore/gc.lock``) while blobs are added
         and referenced. :meth:`save`, :meth:`put_blob` and :meth:`build_layer` take it
         themselves; hold it around several calls (``build_layer`` then ``save``) so that a
-        concurrent gc cannot remove a blob in between. Re-entrant within a thread."""
-        depth: int = getattr(self._local, "depth", 0)
-        if depth:
-            self._local.depth = depth + 1
-            try:
-                yield
-            finally:
-                self._local.depth = depth
-            return
+        concurrent gc cannot remove a blob in between. Re-entrant, and a scope may be left on
+        another thread than the one that entered it."""
+        # Each scope holds its own shared lock (on its own open file description), so one
+        # that outlives the scope it was opened in, on whatever thread, stays protected.
+        ident = threading.get_ident()
         with _flock(self._private / "gc.lock", fcntl.LOCK_SH):
-            self._local.depth = 1
+            with self._depth_lock:
+                self._depths[ident] = self._depths.get(ident, 0) + 1
             try:
                 yield
             finally:
-                self._local.depth = 0
+                with self._depth_lock:
+                    left = self._depths.pop(ident, 1) - 1
+                    if left:
+                        self._depths[ident] = left
 
     @contextmanager
     def ingest(self) -> Iterator[Ingest]:
@@ -498,7 +501,11 @@ class Store:
     # -- overlay snapshots --------------------------------------------------------------------
 
     def snapshots(
-        self, layers: Sequence[Layer], *, xattrs: Literal["trusted", "user"] = "trusted"
+        self,
+        layers: Sequence[Layer],
+        *,
+        xattrs: Literal["trusted", "user"] = "trusted",
+        given: Mapping[str, Path] | None = None,
     ) -> list[Path]:
         """The overlay snapshot of each layer of the stack ``layers`` (bottom first), as
         containerd's overlay snapshotter keeps them: one directory per layer in
@@ -508,13 +515,19 @@ class Store:
         into a temp directory and renamed into place, so a snapshot is there whole or not at
         all, and two processes making the same one keep the first. Mount them as
         ``lowerdir=`` top first. Hold :meth:`writing` while they are in use: :meth:`gc` removes
-        the snapshots of layers no image in the index uses."""
+        the snapshots of layers no image in the index uses. ``given`` maps chain_ids to
+        snapshots the caller made itself (a build's COPY layers, linked from its staging),
+        used instead of the store's."""
         from layercore.extract import snapshot
 
         with self.writing():
             paths = []
             for i, layer in enumerate(layers):
-                final = self._snapshot_path(self._chain(layers[: i + 1]), xattrs)
+                chain = self._chain(layers[: i + 1])
+                if given and chain in given:
+                    paths.append(given[chain])
+                    continue
+                final = self._snapshot_path(chain, xattrs)
                 if not final.is_dir():
                     final.parent.mkdir(exist_ok=True)
                     tmp = self._tmp_path(".snapshot.d")
@@ -589,6 +602,13 @@ class Store:
         except OSError as e:
             if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not final.is_dir():
                 raise
+
+    def stack(self, layers: Sequence[Layer]) -> Stack:
+        """The merged view of ``layers`` with their indexes cached in the store, as a loaded
+        image's are: each layer is read once to index it, however often it is looked at."""
+        from layercore.stack import Stack
+
+        return Stack(layers, save_index=True, index_dir=self._index_dir)
 
     def attach(self, image: Image) -> Image:
         """``image`` with its merged view's layer indexes cached in the store, as a loaded
@@ -705,7 +725,7 @@ class Store:
         writes. Waits for concurrent writers (see :meth:`writing`) and holds them off while it
         runs. Raises (deleting nothing) if a reachable manifest is missing, damaged or invalid,
         since the blobs it names could not be known."""
-        if getattr(self._local, "depth", 0):
+        if self._depths.get(threading.get_ident(), 0):
             raise RuntimeError("Store.gc() cannot run inside Store.writing() in the same thread")
         with _flock(self._private / "gc.lock", fcntl.LOCK_EX):
             configs: set[str] = set()

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from layercore._core import Entry
+from layercore import _core
 from layercore.build.context import (
     IgnoreRules,
     ignore_file_for,
@@ -69,7 +69,7 @@ from layercore.errors import (
     SourceNotFoundError,
 )
 from layercore.image import Image, host_architecture
-from layercore.layer import Compression, DirAttrs, Owner, StrPath
+from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
 from layercore.store import Store
 
 __all__ = ["BuildEvent", "BuildResult", "BuildStep", "build"]
@@ -253,6 +253,7 @@ class _Build:
         self.images: dict[int, Image] = {}
         self.trees: dict[str, Path] = {}  # extracted trees of stages/images, for COPY --from
         self.rootfs: dict[int, tuple[list[str], Path]] = {}  # stage -> (diff_ids, rootfs dir)
+        self.linked: dict[str, Path] = {}  # chain_id -> a COPY layer's snapshot of links
         self._exit = ExitStack()
 
     def __enter__(self) -> _Build:
@@ -610,6 +611,10 @@ class _Build:
                 under_dirs=dirs,
                 chmod=chmod,
             )
+            if self.needs_tree(stage, ins) and _overlay_works():
+                linked = self.link_snapshot(layer, staging, under)
+                if linked is not None:
+                    self.linked[_core.chain_id([*image.diff_ids, layer.diff_id])] = linked
         shown = ["--parents"] if parents else []
         shown += [f"--chown={chown}"] if chown else []
         shown += [f"--chmod={chmod_text}"] if chmod_text else []
@@ -617,6 +622,66 @@ class _Build:
         return image.append(
             layer, created_by=created_by, comment=BUILDKIT_COMMENT, created=self.created()
         )
+
+    def needs_tree(self, stage: Stage, ins: Instruction) -> bool:
+        """Whether a RUN of ``stage`` after ``ins``, or another stage, will look at the tree."""
+        later = any(i.keyword == "RUN" and i.line > ins.line for i in stage.instructions)
+        return later or any(stage.index in s.depends_on for s in self.plan.stages)
+
+    def link_snapshot(self, layer: Layer, staging: Path, under: str) -> Path | None:
+        """A snapshot of the ``COPY`` layer just written from ``staging``, for this build only,
+        made of hard links to the staged files (so of the context's, which must not be
+        changed: they are never written through, and the snapshot is not kept past the
+        build): a RUN over it creates no file for what COPY brought. ``None`` unless every
+        file already has the owner and mode the layer gives it (a ``--chown`` or ``--chmod``
+        that changes them: the snapshot is extracted as usual)."""
+        snap = self.workspace("snap") / "fs"
+        root = os.geteuid() == 0
+        prefix = under + "/" if under else ""
+        times: list[tuple[Path, int]] = []
+        try:
+            snap.mkdir()
+            # Walked through the layer's index, which the store keeps: the one read of the
+            # blob the next look at the image's tree needs anyway.
+            for e in self.store.stack([layer]).walk():
+                target = snap / e.path
+                if e.kind == "dir":
+                    target.mkdir(exist_ok=True)
+                    os.chmod(target, e.mode & 0o7777)
+                    if root:
+                        os.lchown(target, e.uid, e.gid)
+                    times.append((target, e.mtime))
+                elif e.kind == "file" and e.path.startswith(prefix) and not e.xattrs:
+                    source = staging / e.path[len(prefix) :]
+                    st = os.lstat(source)
+                    same = (
+                        stat.S_ISREG(st.st_mode)
+                        and st.st_size == e.size
+                        and stat.S_IMODE(st.st_mode) == e.mode & 0o7777
+                        and (
+                            (st.st_uid, st.st_gid) == (e.uid, e.gid)
+                            if root
+                            else st.st_uid == os.geteuid()
+                        )
+                    )
+                    if not same:
+                        raise _NotLinkable(e.path)
+                    os.link(source, target)
+                elif e.kind == "symlink" and e.linkname is not None:
+                    os.symlink(e.linkname, target)
+                    if root:
+                        os.lchown(target, e.uid, e.gid)
+                    times.append((target, e.mtime))
+                elif e.kind == "hardlink" and e.linkname is not None:
+                    os.link(snap / e.linkname, target, follow_symlinks=False)
+                else:
+                    raise _NotLinkable(e.path)
+            for path, mtime in reversed(times):
+                os.utime(path, (mtime, mtime), follow_symlinks=False)
+        except (_NotLinkable, OSError):
+            shutil.rmtree(snap, ignore_errors=True)
+            return None
+        return snap
 
     def fetch(self, url: str, target: Path, checksum: str | None, ins: Instruction) -> None:
         """``ADD URL``: the body at ``target``, mode 0600, its mtime from ``Last-Modified``
@@ -681,7 +746,8 @@ class _Build:
         upper dir) in a workspace until the build ends; root only. ``None`` if it cannot be
         mounted."""
         ws = self.workspace("view")
-        lowers = _link_lowers(ws, self.store.snapshots(image.layers))
+        snapshots = self.store.snapshots(image.layers, given=self.linked)
+        lowers = _link_lowers(ws, snapshots)
         (ws / "skel").mkdir()
         (ws / "merged").mkdir()
         options = "ro,lowerdir=" + ":".join(["skel", *lowers])
@@ -695,6 +761,8 @@ class _Build:
             _overlay_failed.add(os.geteuid())
             return None
         self._exit.callback(_unmount, ws / "merged")
+        _VIEWS[ws / "merged"] = _Lower(snapshots, "trusted")
+        self._exit.callback(_VIEWS.pop, ws / "merged", None)
         return ws / "merged"
 
     # -- RUN
@@ -787,13 +855,14 @@ class _Build:
         with self.store.workspace("run") as ws:
             userns = os.geteuid() != 0
             xattrs: Literal["trusted", "user"] = "user" if userns else "trusted"
-            lowers = _link_lowers(ws, self.store.snapshots(image.layers, xattrs=xattrs))
+            snapshots = self.store.snapshots(image.layers, xattrs=xattrs, given=self.linked)
+            lowers = _link_lowers(ws, snapshots)
             files = [f for f in _HOST_FILES if network != "none" and os.path.exists(f)]
             points = [("proc", True), ("dev", True), *((f, False) for f in files)]
             points.append((state.workdir, True))
             for m in mounts:
                 points.append((m.target, m.kind == "tmpfs" or bool(m.source and m.source.is_dir())))
-            _skeleton(image, ws / "skel", points)
+            _skeleton(_Lower(snapshots, xattrs), ws / "skel", points)
             for name in ("upper", "work", "merged"):
                 (ws / name).mkdir(mode=0o755)
             os.chmod(ws / "upper", 0o755)
@@ -815,7 +884,7 @@ class _Build:
             )
             layer = self.store.overlay_layer(
                 ws / "upper",
-                lower=image.stack,
+                lower=image.stack if owner == "inherit" else None,
                 compression=self.compression,
                 source_date_epoch=self.epoch,
                 owner=owner,
@@ -1174,37 +1243,100 @@ def _link_lowers(ws: Path, snapshots: Sequence[Path]) -> list[str]:
     return [f"l/{i}" for i in reversed(range(len(snapshots)))]
 
 
-def _skeleton(image: Image, skel: Path, points: Sequence[tuple[str, bool]]) -> None:
-    """Makes in ``skel`` each mount point ``(path, is_dir)`` that ``image``'s tree lacks, with
-    the missing directories leading to it (0755), after resolving symlinks in the image as
-    the sandbox will; a path blocked by a file is left alone."""
+class _Lower:
+    """The merged tree of overlay snapshots (top first), looked up on disk as overlayfs does:
+    the highest layer with a path gives it, a whiteout device hides it, a file hides what is
+    below it, and an opaque directory hides the lower layers' contents of that directory. A
+    few stat calls per layer, so a RUN needs no index of the image."""
+
+    def __init__(self, snapshots: Sequence[Path], xattrs: str) -> None:
+        self.layers = list(reversed(snapshots))
+        self.opaque = f"{xattrs}.overlay.opaque"
+
+    def lookup(self, rel: str) -> tuple[os.stat_result, str, Path] | None:
+        """``(lstat, symlink target or "", the path in its snapshot)`` of ``rel`` in the
+        merged tree, or ``None``."""
+        parts = [p for p in rel.split("/") if p]
+        if not parts:
+            return None
+        for layer in self.layers:
+            hidden = False  # an opaque directory of this layer hides the lower ones
+            for i in range(len(parts)):
+                path = layer.joinpath(*parts[: i + 1])
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    break
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    return None
+                if i == len(parts) - 1:
+                    link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
+                    return st, link, path
+                if not stat.S_ISDIR(st.st_mode):
+                    return None
+                with suppress(OSError):
+                    hidden = hidden or os.getxattr(path, self.opaque) == b"y"
+            if hidden:
+                return None
+        return None
+
+    def resolve(self, path: str) -> str | None:
+        """``path`` with the merged tree's symlinks resolved inside it, as the sandbox resolves
+        them; ``None`` after 40 links."""
+        parts = [p for p in path.split("/") if p]
+        out: list[str] = []
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == ".":
+                continue
+            if part == "..":
+                if out:
+                    out.pop()
+                continue
+            found = self.lookup("/".join([*out, part]))
+            if found is not None and found[1]:
+                hops += 1
+                if hops > 40:
+                    return None
+                if found[1].startswith("/"):
+                    out = []
+                parts = [p for p in found[1].split("/") if p] + parts
+                continue
+            out.append(part)
+        return "/".join(out)
+
+
+def _skeleton(lower: _Lower, skel: Path, points: Sequence[tuple[str, bool]]) -> None:
+    """Makes in ``skel`` each mount point ``(path, is_dir)`` that the merged tree ``lower``
+    lacks, with the missing directories leading to it (0755), after resolving symlinks in it
+    as the sandbox will; a path blocked by a file is left alone. A directory of the skeleton
+    shows its own attributes in the merged tree (and a copy-up takes them), so those on the
+    way that the tree has are made with its mode, owner and mtime."""
     skel.mkdir(exist_ok=True)
+    times: list[tuple[Path, os.stat_result]] = []
     for path, is_dir in points:
-        resolved = _resolve_in(image, path)
+        resolved = lower.resolve(path)
         if resolved is None:
             continue
         parts = [p for p in resolved.split("/") if p]
-        found: list[tuple[Path, Entry]] = []  # the image's directories on the way, to mirror
+        found: list[tuple[Path, os.stat_result]] = []  # the tree's directories on the way
         for i in range(len(parts)):
             rel = "/".join(parts[: i + 1])
             last = i == len(parts) - 1
-            entry = image.stack.lookup(rel) if image.layers else None
+            entry = lower.lookup(rel)
             if entry is not None:
-                if last:
-                    break
-                if entry.kind != "dir":
-                    break  # a file where a directory should be: not ours to fix
-                found.append((skel / rel, entry))
+                if last or not stat.S_ISDIR(entry[0].st_mode):
+                    break  # there, or a file where a directory should be: not ours to fix
+                found.append((skel / rel, entry[0]))
                 continue
-            # A directory of the skeleton shows its own attributes in the merged tree (and a
-            # copy-up takes them): those the image has on the way are made as the image has
-            # them.
-            for mirror, dir_entry in found:
+            for mirror, st in found:
                 if not mirror.is_dir():
                     mirror.mkdir()
-                    os.chmod(mirror, dir_entry.mode & 0o7777)
+                    os.chmod(mirror, stat.S_IMODE(st.st_mode))
                     if os.geteuid() == 0:
-                        os.lchown(mirror, dir_entry.uid, dir_entry.gid)
+                        os.lchown(mirror, st.st_uid, st.st_gid)
+                    times.append((mirror, st))
             found.clear()
             target = skel / rel
             if not last or is_dir:
@@ -1212,39 +1344,8 @@ def _skeleton(image: Image, skel: Path, points: Sequence[tuple[str, bool]]) -> N
             elif not os.path.lexists(target):
                 target.touch(mode=0o644)
     # Times last: making the mount points changed them.
-    for base, dirs, _files in os.walk(skel):
-        for name in dirs:
-            rel = os.path.relpath(os.path.join(base, name), skel)
-            entry = image.stack.lookup(rel) if image.layers else None
-            if entry is not None:
-                os.utime(os.path.join(base, name), (entry.mtime, entry.mtime))
-
-
-def _resolve_in(image: Image, path: str) -> str | None:
-    """``path`` with the symlinks of ``image``'s tree resolved (inside the tree, as the sandbox
-    resolves them); ``None`` after 40 links."""
-    parts = [p for p in path.split("/") if p]
-    out: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if out:
-                out.pop()
-            continue
-        entry = image.stack.lookup("/".join([*out, part])) if image.layers else None
-        if entry is not None and entry.kind == "symlink" and entry.linkname:
-            hops += 1
-            if hops > 40:
-                return None
-            if entry.linkname.startswith("/"):
-                out = []
-            parts = [p for p in entry.linkname.split("/") if p] + parts
-            continue
-        out.append(part)
-    return "/".join(out)
+    for mirror, st in times:
+        os.utime(mirror, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _unmount(path: Path) -> None:
@@ -1257,6 +1358,10 @@ _overlay_failed: set[int] = set()
 #: command has run, so nothing else was printed).
 _MOUNT_FAILED_MARK = "layercore: overlay mount failed"
 _MOUNT_FAILED_CODE = 219
+
+
+class _NotLinkable(Exception):
+    """A staged file differs from its layer entry: it cannot be linked into a snapshot."""
 
 
 class _OverlayUnavailable(Exception):
@@ -1289,12 +1394,24 @@ def _url_name(url: str) -> str:
 # -- staging ---------------------------------------------------------------------------------------
 
 
+#: Read-only overlays of snapshots a build has mounted (see ``_Build.mounted``), by their
+#: mount point: a file staged from one is linked from the snapshot that holds it.
+_VIEWS: dict[Path, _Lower] = {}
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target, follow_symlinks=False)
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
+        for root, lower in list(_VIEWS.items()):
+            if source.is_relative_to(root):
+                found = lower.lookup(source.relative_to(root).as_posix())
+                if found is not None and stat.S_ISREG(found[0].st_mode):
+                    with suppress(OSError):
+                        os.link(found[2], target, follow_symlinks=False)
+                        return
         shutil.copy2(source, target, follow_symlinks=False)
 
 
