@@ -223,3 +223,37 @@ def test_a_failed_overlay_mount_falls_back_to_a_copied_rootfs(
     monkeypatch.setenv("LAYERCORE_SNAPSHOTTER", "overlay")
     with pytest.raises(layercore.build.BuildError, match="overlayfs cannot be mounted"):
         layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+
+
+def test_run_over_a_copy_never_changes_the_context(tmp_path: Path) -> None:
+    """The COPY layer's snapshot is made of links to the context's files for the build: a RUN
+    that appends to, chmods and deletes them changes the image, never the context; a
+    ``--chown`` that the files on disk do not have is extracted instead, as usual."""
+    store = busybox_store(tmp_path)
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test AS build
+        COPY app/ /app/
+        COPY --chown=7:8 app/a.txt /owned.txt
+        RUN echo more >> /app/a.txt && chmod 600 /app/sub/b.txt && rm /app/c.txt \\
+            && echo more >> /owned.txt
+        FROM busybox:test
+        COPY --from=build /app /copied
+        RUN echo again >> /copied/a.txt
+        """,
+        {"app/a.txt": "a\n", "app/sub/b.txt": "b\n", "app/c.txt": "c\n"},
+    )
+    before = {p: (p.read_bytes(), p.stat().st_mode) for p in (ctx / "app").rglob("*.txt")}
+    result = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    assert {p: (p.read_bytes(), p.stat().st_mode) for p in (ctx / "app").rglob("*.txt")} == before
+    assert all(p.stat().st_nlink == 1 for p in before)  # the build's links are gone
+    image = store.load(result.digest)
+    assert image.stack.read("copied/a.txt") == b"a\nmore\nagain\n"
+    b = image.stack.lookup("copied/sub/b.txt")
+    assert b is not None and b.mode & 0o777 == 0o600
+    assert image.stack.lookup("copied/c.txt") is None
+    stage = store.load(layercore.build(ctx, store=store, target="build").digest)
+    assert stage.stack.read("owned.txt") == b"a\nmore\n"
+    owned = stage.stack.lookup("owned.txt")
+    assert owned is not None and (owned.uid, owned.gid) == (7, 8)

@@ -540,6 +540,24 @@ class Store:
                 paths.append(final)
             return paths
 
+    def existing_snapshots(
+        self,
+        layers: Sequence[Layer],
+        *,
+        xattrs: Literal["trusted", "user"] = "trusted",
+        given: Mapping[str, Path] | None = None,
+    ) -> list[Path] | None:
+        """The snapshots :meth:`snapshots` would give, if every one of them exists already (none
+        is made); else ``None``."""
+        paths = []
+        for i in range(len(layers)):
+            chain = self._chain(layers[: i + 1])
+            path = given[chain] if given and chain in given else self._snapshot_path(chain, xattrs)
+            if not path.is_dir():
+                return None
+            paths.append(path)
+        return paths
+
     def commit_snapshot(
         self,
         upper: Path,

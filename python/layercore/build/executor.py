@@ -69,7 +69,7 @@ from layercore.errors import (
     SourceNotFoundError,
 )
 from layercore.image import Image, host_architecture
-from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
+from layercore.layer import Compression, DirAttrs, Owner, StrPath
 from layercore.store import Store
 
 __all__ = ["BuildEvent", "BuildResult", "BuildStep", "build"]
@@ -254,9 +254,12 @@ class _Build:
         self.trees: dict[str, Path] = {}  # extracted trees of stages/images, for COPY --from
         self.rootfs: dict[int, tuple[list[str], Path]] = {}  # stage -> (diff_ids, rootfs dir)
         self.linked: dict[str, Path] = {}  # chain_id -> a COPY layer's snapshot of links
+        self.lowers: dict[tuple[str, ...], _Lower | None] = {}  # diff_ids -> its snapshots
         self._exit = ExitStack()
 
     def __enter__(self) -> _Build:
+        # gc waits for the build: the snapshots and layers it uses stay.
+        self._exit.enter_context(self.store.writing())
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -432,14 +435,38 @@ class _Build:
         out = []
         parts = [p for p in rel.split("/") if p]
         mtime = self.created()
-        stack = image.stack if image.layers else None
         for i in range(len(parts)):
-            entry = stack.lookup("/".join(parts[: i + 1])) if stack is not None else None
+            entry = self.lookup(image, "/".join(parts[: i + 1]))
             if entry is not None and entry.kind == "dir":
                 out.append(DirAttrs(entry.mode, entry.uid, entry.gid, entry.mtime))
             else:
                 out.append(DirAttrs(0o755, uid, gid, mtime))
         return out
+
+    def lookup(self, image: Image, rel: str) -> _Found | None:
+        """What ``image``'s tree has at ``rel``: read from its snapshots on disk when they all
+        exist and the build runs as root (so they hold the image's owners), which spares
+        indexing its layers; else from its merged view."""
+        if not image.layers:
+            return None
+        key = tuple(image.diff_ids)
+        if key not in self.lowers:
+            snapshots = None
+            if os.geteuid() == 0 and _overlay_works():
+                snapshots = self.store.existing_snapshots(image.layers, given=self.linked)
+            self.lowers[key] = None if snapshots is None else _Lower(snapshots, "trusted")
+        lower = self.lowers[key]
+        if lower is None:
+            entry = image.stack.lookup(rel)
+            if entry is None:
+                return None
+            return _Found(entry.kind, entry.mode, entry.uid, entry.gid, entry.mtime)
+        found = lower.lookup(rel)
+        if found is None:
+            return None
+        st = found[0]
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if found[1] else "other"
+        return _Found(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime))
 
     def owner(self, spec: str, image: Image, ins: Instruction) -> tuple[int, int]:
         """``user[:group]`` as ids: numbers as they are, names from the image's
@@ -536,7 +563,7 @@ class _Build:
             matches.extend((rel, None) for rel in found if not excludes.ignored(rel))
         dest = dest_word if dest_word.startswith("/") else posixpath.join(state.workdir, dest_word)
         dest = "/" + posixpath.normpath(dest).lstrip("/") if dest != "/" else "/"
-        existing = image.stack.lookup(dest.strip("/")) if image.layers and dest != "/" else None
+        existing = self.lookup(image, dest.strip("/")) if dest != "/" else None
 
         def is_dir(rel: str) -> bool:
             path = root / rel if rel != "." else root
@@ -611,8 +638,8 @@ class _Build:
                 under_dirs=dirs,
                 chmod=chmod,
             )
-            if self.needs_tree(stage, ins) and _overlay_works():
-                linked = self.link_snapshot(layer, staging, under)
+            if chmod is None and self.needs_tree(stage, ins) and _overlay_works():
+                linked = self.link_snapshot(staging, under, dirs, uid, gid)
                 if linked is not None:
                     self.linked[_core.chain_id([*image.diff_ids, layer.diff_id])] = linked
         shown = ["--parents"] if parents else []
@@ -628,56 +655,57 @@ class _Build:
         later = any(i.keyword == "RUN" and i.line > ins.line for i in stage.instructions)
         return later or any(stage.index in s.depends_on for s in self.plan.stages)
 
-    def link_snapshot(self, layer: Layer, staging: Path, under: str) -> Path | None:
-        """A snapshot of the ``COPY`` layer just written from ``staging``, for this build only,
-        made of hard links to the staged files (so of the context's, which must not be
-        changed: they are never written through, and the snapshot is not kept past the
-        build): a RUN over it creates no file for what COPY brought. ``None`` unless every
-        file already has the owner and mode the layer gives it (a ``--chown`` or ``--chmod``
-        that changes them: the snapshot is extracted as usual)."""
+    def link_snapshot(
+        self, staging: Path, under: str, dirs: Sequence[DirAttrs], uid: int, gid: int
+    ) -> Path | None:
+        """A snapshot of the ``COPY`` layer just written from ``staging`` (placed at ``under``,
+        whose directories have ``dirs``, every entry owned by ``uid:gid``, modes as staged), for
+        this build only, made of hard links to the staged files (so of the context's, which
+        must not be changed: they are never written through, and the snapshot is not kept past
+        the build): a RUN over it creates no file for what COPY brought. ``None`` unless every
+        file already has the owner the layer gives it (a ``--chown`` the files do not have:
+        the snapshot is then extracted as usual), or for a special file."""
         snap = self.workspace("snap") / "fs"
         root = os.geteuid() == 0
-        prefix = under + "/" if under else ""
-        times: list[tuple[Path, int]] = []
+        times: list[tuple[Path, int, int]] = []  # path, atime_ns, mtime_ns
+
+        def own(path: Path) -> None:
+            if root:
+                os.lchown(path, uid, gid)
+
         try:
             snap.mkdir()
-            # Walked through the layer's index, which the store keeps: the one read of the
-            # blob the next look at the image's tree needs anyway.
-            for e in self.store.stack([layer]).walk():
-                target = snap / e.path
-                if e.kind == "dir":
-                    target.mkdir(exist_ok=True)
-                    os.chmod(target, e.mode & 0o7777)
-                    if root:
-                        os.lchown(target, e.uid, e.gid)
-                    times.append((target, e.mtime))
-                elif e.kind == "file" and e.path.startswith(prefix) and not e.xattrs:
-                    source = staging / e.path[len(prefix) :]
-                    st = os.lstat(source)
-                    same = (
-                        stat.S_ISREG(st.st_mode)
-                        and st.st_size == e.size
-                        and stat.S_IMODE(st.st_mode) == e.mode & 0o7777
-                        and (
-                            (st.st_uid, st.st_gid) == (e.uid, e.gid)
-                            if root
-                            else st.st_uid == os.geteuid()
-                        )
-                    )
-                    if not same:
-                        raise _NotLinkable(e.path)
-                    os.link(source, target)
-                elif e.kind == "symlink" and e.linkname is not None:
-                    os.symlink(e.linkname, target)
-                    if root:
-                        os.lchown(target, e.uid, e.gid)
-                    times.append((target, e.mtime))
-                elif e.kind == "hardlink" and e.linkname is not None:
-                    os.link(snap / e.linkname, target, follow_symlinks=False)
-                else:
-                    raise _NotLinkable(e.path)
-            for path, mtime in reversed(times):
-                os.utime(path, (mtime, mtime), follow_symlinks=False)
+            base = snap
+            for name, attrs in zip(under.split("/") if under else [], dirs, strict=True):
+                base = base / name
+                base.mkdir()
+                os.chmod(base, attrs.mode & 0o7777)
+                if root:
+                    os.lchown(base, attrs.uid, attrs.gid)
+                times.append((base, attrs.mtime * 10**9, attrs.mtime * 10**9))
+            for dirpath, dirnames, filenames in os.walk(staging):
+                here = Path(dirpath)
+                out = base / here.relative_to(staging)
+                for name in [*dirnames, *filenames]:
+                    source, target = here / name, out / name
+                    st = source.lstat()
+                    if stat.S_ISDIR(st.st_mode):
+                        target.mkdir()
+                        os.chmod(target, stat.S_IMODE(st.st_mode))
+                        own(target)
+                    elif stat.S_ISLNK(st.st_mode):
+                        os.symlink(os.readlink(source), target)
+                        own(target)
+                    elif stat.S_ISREG(st.st_mode) and (
+                        (st.st_uid, st.st_gid) == (uid, gid) if root else st.st_uid == os.geteuid()
+                    ):
+                        os.link(source, target, follow_symlinks=False)
+                        continue
+                    else:
+                        raise _NotLinkable(str(source))
+                    times.append((target, st.st_atime_ns, st.st_mtime_ns))
+            for path, atime, mtime in reversed(times):
+                os.utime(path, ns=(atime, mtime), follow_symlinks=False)
         except (_NotLinkable, OSError):
             shutil.rmtree(snap, ignore_errors=True)
             return None
@@ -1087,6 +1115,17 @@ class _Build:
         if image.layers:
             image.stack.extract(path)
         return path
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What a path of an image's tree is, as :meth:`_Build.lookup` finds it."""
+
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
 
 
 @dataclass(frozen=True)
