@@ -37,6 +37,7 @@ LC_LOOKUP_MANY = "layercore lookup_many"
 PY_DIFF = "pure-Python diff"
 FIND = "find -printf"
 TAR_X = "tar -xf"
+LC_SNAPSHOT = "layercore snapshot"
 # contenders of the store and transport groups (benches/test_store.py)
 LC_COPY = "layercore copy_blob"
 LC_COPY_UNVERIFIED = "copy_blob(verify=False)"
@@ -633,6 +634,15 @@ def changeset_targets(res: Results, add: Any) -> None:
     r = _speedup(res, "extract/small", TAR_X)
     add(
         "extract (`Stack([layer]).extract`) vs `tar -xf`",
+        "small",
+        "no slower (≥ 1x)",
+        r,
+        r is not None and r >= 1,
+        fmt_ratio(r),
+    )
+    r = _ratio(res, "extract/small", LC_SNAPSHOT, TAR_X)
+    add(
+        "extracting a layer into an overlay snapshot (`extract.snapshot`) vs `tar -xf`",
         "small",
         "no slower (≥ 1x)",
         r,

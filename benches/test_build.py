@@ -151,7 +151,9 @@ def _buildah_bud(args: list[str], context: Path) -> list[str]:
     return [*args, "bud", "-q", "--layers", "--isolation", "chroot", "-t", "bench:1", str(context)]
 
 
-def _paired_build(benchmark: Any, p: Prepared, group: str, context: Path, bytes_in: int) -> None:
+def _paired_build(
+    benchmark: Any, p: Prepared, group: str, context: Path, bytes_in: int, pairs: int | None = None
+) -> None:
     rounds = Rounds(p, group.replace("/", "-"))
 
     def setup(who: str) -> tuple[list[str], list[str]]:
@@ -160,13 +162,17 @@ def _paired_build(benchmark: Any, p: Prepared, group: str, context: Path, bytes_
         return [], _buildah_bud(rounds.buildah_root(), context)
 
     try:
-        paired(benchmark, group, "buildah bud --layers", bytes_in, setup, p.env)
+        paired(benchmark, group, "buildah bud --layers", bytes_in, setup, p.env, pairs=pairs)
     finally:
         rounds.close()
 
 
 def test_cold_two_stage_build(benchmark: Any, prepared: Prepared) -> None:
-    _paired_build(benchmark, prepared, "build/two-stages", prepared.two_stages, FILES * FILE_BYTES)
+    # buildah's time on this build swings from 13 s to 56 s between rounds: five pairs.
+    _paired_build(
+        benchmark, prepared, "build/two-stages", prepared.two_stages, FILES * FILE_BYTES,
+        pairs=None if SMOKE else 5,
+    )  # fmt: skip
 
 
 def test_copy_of_many_files(benchmark: Any, prepared: Prepared) -> None:

@@ -42,6 +42,7 @@ PY_LOOKUP = "dict lookup (pure-Python index)"
 PY_DIFF = "pure-Python diff"
 FIND = "find -printf"
 TAR_X = "tar -xf"
+LC_SNAPSHOT = "layercore snapshot"
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -394,7 +395,9 @@ def small_layer(_scratch_root: Path) -> Iterator[tuple[trees.Tree, layercore.Lay
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.parametrize("tool", [LC, TAR_X], ids=["layercore", "tar"])
+@pytest.mark.parametrize(
+    "tool", [LC, LC_SNAPSHOT, TAR_X], ids=["layercore", "layercore-snapshot", "tar"]
+)
 def test_extract(
     benchmark: Any, small_layer: tuple[trees.Tree, layercore.Layer], outdir: Path, tool: str
 ) -> None:
@@ -410,12 +413,17 @@ def test_extract(
         # The view is built untimed: extract needs no index, only the blob.
         stack = layercore.Stack([layer])
         fn: Callable[[], Any] = lambda: stack.extract(dest)  # noqa: E731
+    elif tool == LC_SNAPSHOT:
+        # What a RUN's first use of a layer costs: the layer alone, in overlay lower form.
+        from layercore.extract import snapshot
+
+        fn = lambda: snapshot(layer, dest)  # noqa: E731
     else:
         q = shlex.quote(str(dest))
         cmd = f"mkdir -p {q} && tar -xf {shlex.quote(str(layer.path))} -C {q}"
         benchmark.extra_info["command"] = cmd
         fn = lambda: _sh(cmd)  # noqa: E731
-    _run(benchmark, fn, LC_ROUNDS if tool == LC else CLI_ROUNDS, clean)
+    _run(benchmark, fn, LC_ROUNDS if tool in (LC, LC_SNAPSHOT) else CLI_ROUNDS, clean)
 
 
 # --------------------------------------------------------------------------------------------

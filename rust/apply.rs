@@ -792,7 +792,13 @@ impl Applier {
         match cvt(unsafe { libc::mknodat(dfd, name.as_ptr(), libc::S_IFCHR, 0) }) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(Error::io(self.dest_path(&path), "cannot create whiteout", e)),
+            Err(e) => {
+                return Err(Error::io(
+                    self.dest_path(&path),
+                    "cannot create whiteout",
+                    e,
+                ))
+            }
         }
         self.layer.created.insert(path);
         Ok(())
@@ -1265,7 +1271,8 @@ impl Applier {
 
     /// Sets `key=y` on the directory at `path` (overlay form), if it is still a directory.
     fn mark_opaque(&mut self, path: &[u8], key: &CStr) -> Result<()> {
-        let err = |this: &Self, e| Error::io(this.dest_path(path), "cannot mark directory opaque", e);
+        let err =
+            |this: &Self, e| Error::io(this.dest_path(path), "cannot mark directory opaque", e);
         if path.is_empty() {
             let fd = self.root.as_raw_fd();
             // SAFETY: `fd` is open, `key` NUL-terminated, the value one byte long.
