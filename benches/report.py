@@ -744,21 +744,26 @@ def store_targets(res: Results, add: Any) -> None:
     ):
         r = paired_ratio(res, group)
         add(name, "build context", required, r, r is not None and r >= needed, fmt_ratio(r))
-    b = res.subject("build/run-true")
-    extra = None
-    if b is not None and "paired" in b.info:
-        p = b.info["paired"]
-        extra = 1000 * (
-            statistics.median(p["subject_times"]) - statistics.median(p["baseline_times"])
+    for group, what, required in (
+        ("build/run-true", "busybox base, its snapshot kept", "≤ 30 ms"),
+        ("build/run-true-first", "busybox base, first use (extracts its snapshot)", "—"),
+    ):
+        b = res.subject(group)
+        extra = None
+        if b is not None and "paired" in b.info:
+            p = b.info["paired"]
+            # The median of the pairs' differences: each pair ran back to back.
+            extra = 1000 * statistics.median(
+                s - t for s, t in zip(p["subject_times"], p["baseline_times"], strict=True)
+            )
+        add(
+            "`RUN true` in a build, beyond the build without it (whole processes, alternating)",
+            what,
+            required,
+            extra,
+            extra is not None and (extra <= 30 or required == "—"),
+            f"{extra:.0f} ms" if extra is not None else "",
         )
-    add(
-        "`RUN true` in a build, beyond the build without it (whole processes, alternating)",
-        "busybox base",
-        "≤ 30 ms",
-        extra,
-        extra is not None and extra <= 30,
-        f"{extra:.0f} ms" if extra is not None else "",
-    )
     b = res.subject("build-rss/two-stages")
     rss = b.info.get("rss_kib") if b is not None else None
     kib = rss.get("build") if isinstance(rss, dict) else None
@@ -790,6 +795,8 @@ def targets_section(res: Results) -> list[str]:
     rows = []
     for t in targets(res):
         status = "not measured" if t.met is None else ("met" if t.met else "**not met**")
+        if t.required == "—" and t.met is not None:
+            status = "information"
         rows.append([t.target, t.tree, t.required, t.measured, status])
     return ["## Targets", "", *table(["Target", "Tree", "Required", "Measured", "Status"], rows)]
 
