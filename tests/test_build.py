@@ -381,6 +381,39 @@ def test_progress_on_a_terminal_is_live(store: Store, tmp_path: Path) -> None:
     assert "#1 [0:2] RUN echo first line && echo second line" in piped.stderr
 
 
+def test_ctrl_c_stops_the_whole_sandbox(store: Store, tmp_path: Path) -> None:
+    """Ctrl-C during a RUN kills every process of the sandbox (a background one too), tags
+    nothing, and the command exits 130; the store stays usable."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ctx = context(tmp_path, "FROM busybox:test\nRUN (sleep 4242 &) ; echo started && sleep 4243\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layercore", "--store", str(store.root), "build",
+         "--progress", "json", "-t", "never:1", str(ctx)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"started"' in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 130
+
+    def sleepers() -> list[str]:
+        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        return [a for a in out.splitlines() if a.startswith("sleep 424")]
+
+    deadline = time.monotonic() + 10
+    while sleepers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleepers() == []
+    assert "never:1" not in store.tags()
+    assert store.verify() == []
+
+
 def test_build_as_an_unprivileged_user(tmp_path: Path) -> None:
     """uid 65534 builds with COPY and RUN: bwrap runs the step as root of a user namespace, and
     what it writes belongs to root in the layer, as it would in a root build; a file the image
