@@ -741,6 +741,13 @@ def store_targets(res: Results, add: Any) -> None:
     for name, group, needed, required in (
         ("cold two-stage build vs `buildah bud --layers`", "build/two-stages", 10.0, "≥ 10x"),
         ("COPY of a 30,000-file directory vs `buildah bud`", "build/copy-30k-files", 5.0, "≥ 5x"),
+        (
+            "context checksum (no stat cache) vs `tar -cf - \\| openssl dgst -sha256`",
+            "build/checksum-cold",
+            1 / 1.5,
+            "within 1.5x (≥ 0.67x)",
+        ),
+        ("context checksum, stat cache warm, vs cold", "build/checksum-warm", 20.0, "≥ 20x"),
     ):
         r = paired_ratio(res, group)
         add(name, "build context", required, r, r is not None and r >= needed, fmt_ratio(r))

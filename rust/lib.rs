@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod blob_copy;
 pub mod blob_writer;
+pub mod checksum;
 pub mod compress;
 pub mod diff;
 pub mod digest;

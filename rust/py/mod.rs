@@ -3,6 +3,7 @@
 
 mod apply;
 mod blob_copy;
+mod checksum;
 mod diff;
 mod error;
 mod flatten;
@@ -415,6 +416,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     apply::register(m)?;
     diff::register(m)?;
     blob_copy::register(m)?;
+    checksum::register(m)?;
     http::register(m)?;
     Ok(())
 }
