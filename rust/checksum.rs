@@ -192,9 +192,21 @@ fn xattrs_of(path: &Path) -> Vec<(String, Vec<u8>)> {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return Vec::new();
     };
-    let mut names = vec![0u8; 4096];
-    // SAFETY: the buffer is as long as passed; the result is checked.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        // SAFETY: the buffer is as long as passed; the result is checked.
+        let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
+            break n;
+        }
+        // More names than the buffer holds: ask for their length, then read them all.
+        // SAFETY: a null buffer of length 0 asks for the size.
+        let need = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+        if need <= 0 {
+            break need;
+        }
+        names.resize(need as usize + 64, 0);
+    };
     if n <= 0 {
         return Vec::new();
     }
@@ -232,21 +244,30 @@ fn xattrs_of(path: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+thread_local! {
+    /// Each worker's read buffer, allocated once (zeroing 1 MiB per small file would cost
+    /// more than hashing it).
+    static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF]);
+}
+
 fn hash_file(path: &Path, stop: &AtomicBool) -> Result<[u8; 32]> {
     let mut f = File::open(path).map_err(|e| Error::io(path, "cannot open source", e))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; BUF];
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted);
+    BUFFER.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Err(Error::Interrupted);
+            }
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => h.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(path, "cannot read source", e)),
+            }
         }
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => h.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(path, "cannot read source", e)),
-        }
-    }
+        Ok(())
+    })?;
     Ok(h.finalize().into())
 }
 
