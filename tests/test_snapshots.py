@@ -157,7 +157,7 @@ def test_builds_share_snapshots_and_gc_keeps_only_those_images_use(tmp_path: Pat
     assert store.load(result.digest).stack.read("srv/made.txt") == b"hi from /app\n"
     # The RUN ran over snapshots of its stage's layers; its upper dir became the snapshot of
     # the RUN layer.
-    tagged = layercore.build(ctx, store=store, target="build", tags=["stage:1"])
+    tagged = layercore.build(ctx, store=store, target="build", tags=["stage:1"], no_cache=True)
     stage = store.load(tagged.digest)
     copy_layer = next(s.layer for s in tagged.steps if s.instruction.startswith("COPY"))
     for i in range(len(stage.layers)):
@@ -222,7 +222,7 @@ def test_a_failed_overlay_mount_falls_back_to_a_copied_rootfs(
     monkeypatch.setattr(executor, "_overlay_failed", set())
     monkeypatch.setenv("LAYERCORE_SNAPSHOTTER", "overlay")
     with pytest.raises(layercore.build.BuildError, match="overlayfs cannot be mounted"):
-        layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+        layercore.build(ctx, store=store, source_date_epoch=EPOCH, no_cache=True)
 
 
 def test_run_over_a_copy_never_changes_the_context(tmp_path: Path) -> None:

@@ -238,6 +238,7 @@ class Store:
         self._stamps = self._private / "stamps"
         self._seen = self._private / "seen"
         self._index_dir = self._private / "index"
+        self._records = self._private / "buildcache" / "steps"
         self._index_json = self.root / "index.json"
         # Per thread: how deep in writing() it is (the scope may be left on another thread, as
         # a build's workspace is: the depth is restored on the thread that entered it).
@@ -498,6 +499,68 @@ class Store:
         with _flock(path.with_name(path.name + ".lock"), fcntl.LOCK_EX):
             yield
 
+    # -- build cache records --------------------------------------------------------------------
+
+    def cache_record(self, key: str) -> dict[str, Any] | None:
+        """The build cache record of the step key ``key`` (``sha256:<hex>``), if there is one
+        and the layer it names is in the store; else ``None``."""
+        try:
+            record = json.loads((self._records / _hex(key)).read_text())
+        except (OSError, ValueError):
+            return None
+        layer = record.get("layer") if isinstance(record, dict) else None
+        if layer is not None and not (isinstance(layer, dict) and self.has_blob(layer["digest"])):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def put_cache_record(self, key: str, parent: str, record: Mapping[str, Any]) -> None:
+        """Keeps ``record`` (a step's result: its layer, its inputs for explaining a later
+        miss) under the step key ``key``, and files it under its ``parent`` key so the steps
+        that followed a parent can be found. Written atomically; gc keeps the layers records
+        name."""
+        self._records.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({**record, "key": key, "parent": parent}, sort_keys=True)
+        tmp = self._tmp_path(".record")
+        tmp.write_text(data)
+        tmp.replace(self._records / _hex(key))
+        children = self._private / "buildcache" / "children" / _hex(parent)
+        children.mkdir(parents=True, exist_ok=True)
+        (children / _hex(key)).touch()
+
+    def cache_children(self, parent: str) -> list[dict[str, Any]]:
+        """The records of the steps that followed the step key ``parent`` in earlier builds,
+        newest first."""
+        children = self._private / "buildcache" / "children" / _hex(parent)
+        try:
+            names = sorted(children.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        except OSError:
+            return []
+        out = []
+        for name in names:
+            try:
+                record = json.loads((self._records / name.name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+        return out
+
+    def _cached_layers(self) -> set[str]:
+        """The layer digests build cache records name (gc keeps them)."""
+        found: set[str] = set()
+        try:
+            paths = list(self._records.iterdir())
+        except OSError:
+            return found
+        for path in paths:
+            try:
+                layer = json.loads(path.read_text()).get("layer")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(layer, dict) and isinstance(layer.get("digest"), str):
+                found.add(layer["digest"])
+        return found
+
     # -- overlay snapshots --------------------------------------------------------------------
 
     def snapshots(
@@ -748,6 +811,8 @@ class Store:
         with _flock(self._private / "gc.lock", fcntl.LOCK_EX):
             configs: set[str] = set()
             reachable = self._reachable(self._read_index()["manifests"], configs=configs)
+            for digest in self._cached_layers():
+                reachable.setdefault(digest, 0)
             removed: list[str] = []
             freed = 0
             for name, size in _files(self._blobs):

@@ -36,6 +36,7 @@ sets every ``created`` and clamps the mtimes the layers carry.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import posixpath
 import re
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from layercore import _core
+from layercore.build.checksum import checksum_sources, walk_sources
 from layercore.build.context import (
     IgnoreRules,
     ignore_file_for,
@@ -68,8 +70,8 @@ from layercore.errors import (
     ImageNotFoundError,
     SourceNotFoundError,
 )
-from layercore.image import Image, host_architecture
-from layercore.layer import Compression, DirAttrs, Owner, StrPath
+from layercore.image import Image, host_architecture, sha256_digest
+from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
 from layercore.store import Store
 
 __all__ = ["BuildEvent", "BuildResult", "BuildStep", "build"]
@@ -94,6 +96,8 @@ class BuildStep:
     cached: bool
     reason: str | None
     seconds: float
+    evidence: tuple[str, ...] = ()  # up to ten paths or values behind ``reason``
+    evidence_count: int = 0  # how many there are in all
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +107,8 @@ class BuildStep:
             "layer": self.layer,
             "cached": self.cached,
             "reason": self.reason,
+            "evidence": list(self.evidence),
+            "evidence_count": self.evidence_count,
             "seconds": round(self.seconds, 6),
         }
 
@@ -157,11 +163,13 @@ def build(
     image; ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) fixes ``created`` and
     clamps mtimes. ``secrets`` maps ids to files for ``RUN --mount=type=secret``: they are
     mounted read-only for the step and never reach a layer, the history or the config.
-    ``no_cache`` is accepted for the command line's sake: there is no build cache yet, so
-    every step runs. Raises :class:`~layercore.errors.DockerfileError` for a
+    Steps that write a layer (``WORKDIR``, ``COPY``, ``ADD``, ``RUN``) are looked up in the
+    store's build cache by a key of their parent's key and their inputs (for ``COPY`` and
+    ``ADD``, the checksum of what they select; never an mtime); a hit reuses the layer, a miss
+    says why in its step's ``reason``. ``no_cache`` runs every step (and still records them).
+    Raises :class:`~layercore.errors.DockerfileError` for a
     Dockerfile at fault and :class:`~layercore.errors.BuildError` for a step that failed;
     nothing is tagged then."""
-    del no_cache
     context_dir = Path(context)
     if not context_dir.is_dir():
         raise SourceNotFoundError("the build context is not a directory", context_dir)
@@ -204,6 +212,7 @@ def build(
         compression=compression,
         progress=progress or (lambda _event: None),
         secrets={k: Path(v) for k, v in (secrets or {}).items()},
+        no_cache=no_cache,
     )
     warnings = list(df.warnings)
     if plan.unused_build_args:
@@ -237,8 +246,14 @@ class _Build:
         compression: Compression,
         progress: Progress,
         secrets: dict[str, Path],
+        no_cache: bool = False,
     ) -> None:
         self.store = store
+        self.no_cache = no_cache
+        self.stage_keys: dict[int, str] = {}  # stage -> the cache key of its last step
+        # stage -> (key, the line of its first miss, whether that miss had no record at all)
+        self.chain: dict[int, tuple[str, int | None, bool]] = {}
+        self.outcome: dict[tuple[str, int], tuple[bool, str | None, tuple[str, ...], int]] = {}
         self.secrets = secrets
         self.context = context
         self.ignore = ignore
@@ -353,9 +368,114 @@ class _Build:
             instructions.extend(onbuild.instructions)
         instructions.extend(stage.instructions)
         image = self.store.attach(image)
+        if stage.base_stage is not None:
+            start = self.stage_keys[stage.base_stage]
+        else:
+            start = _key({"from": "scratch" if stage.base == "scratch" else image.digest})
+        self.chain[stage.index] = (start, None, False)
         for ins in instructions:
             image = self.store.attach(self.step(stage, state, image, ins))
+        self.stage_keys[stage.index] = self.chain[stage.index][0]
         return image
+
+    # -- the build cache
+
+    def cached(
+        self,
+        stage: Stage,
+        ins: Instruction,
+        inputs: Mapping[str, Any],
+        make: Callable[[], Layer],
+        *,
+        cacheable: str | None = None,
+    ) -> Layer:
+        """The step's layer: from the build cache when a record has its key (the parent's key
+        and ``inputs``, less ``files``), else made by ``make`` and recorded. ``cacheable``, when
+        given, is why this step is never looked up. The outcome (hit, or the reason for the
+        miss) goes to the step's :class:`BuildStep`."""
+        parent, missed, fresh = self.chain[stage.index]
+        text = " ".join(ins.text.split()) if "\n" not in ins.text else ins.text
+        key = _key({"parent": parent, "keyword": ins.keyword,
+                    **{k: v for k, v in inputs.items() if k != "files"}})  # fmt: skip
+        record = None if self.no_cache or cacheable else self.store.cache_record(key)
+        if record is not None:
+            d = record["layer"]
+            layer = Layer.open(
+                self.store.blob_path(d["digest"]), digest=d["digest"], diff_id=d["diff_id"]
+            )
+            self.outcome[(stage.label, ins.line)] = (True, None, (), 0)
+            self.chain[stage.index] = (key, missed, fresh)
+            return layer
+        evidence: list[str]
+        if self.no_cache:
+            reason, evidence, count = "--no-cache", [], 0
+        elif cacheable:
+            reason, evidence, count = cacheable, [], 0
+        else:
+            reason, evidence, count = self.explain(parent, missed, fresh, ins, text, inputs)
+        layer = make()
+        self.store.put_cache_record(
+            key,
+            parent,
+            {
+                "stage": stage.label,
+                "line": ins.line,
+                "keyword": ins.keyword,
+                "instruction": text,
+                "layer": {"digest": layer.digest, "diff_id": layer.diff_id},
+                "inputs": dict(inputs),
+            },
+        )
+        self.outcome[(stage.label, ins.line)] = (False, reason, tuple(evidence[:10]), count)
+        if missed is None:
+            missed, fresh = ins.line, reason == _NO_RECORD
+        self.chain[stage.index] = (key, missed, fresh)
+        return layer
+
+    def explain(
+        self,
+        parent: str,
+        missed: int | None,
+        fresh: bool,
+        ins: Instruction,
+        text: str,
+        inputs: Mapping[str, Any],
+    ) -> tuple[str, list[str], int]:
+        """Why a step missed: what differs from the record of the same step after the same
+        parent, or that the parent itself changed (after a first miss that had no record at
+        all, the steps after it have none either)."""
+        siblings = self.store.cache_children(parent)
+        same = [
+            r for r in siblings if r.get("keyword") == ins.keyword and r.get("line") == ins.line
+        ]
+        same = same or [r for r in siblings if r.get("keyword") == ins.keyword]
+        if not same:
+            if missed is not None and not fresh:
+                return f"parent changed (line {missed})", [], 0
+            return _NO_RECORD, [], 0
+        old = same[0]
+        if old.get("instruction") != text:
+            return f"instruction changed: {old.get('instruction')} → {text}", [], 0
+        before = old.get("inputs") or {}
+        if "files" in inputs and isinstance(before.get("files"), dict):
+            return _explain_files(text, before["files"], inputs["files"])
+        env_old, env_new = before.get("env") or {}, inputs.get("env") or {}
+        changed = sorted(k for k in {*env_old, *env_new} if env_old.get(k) != env_new.get(k))
+        if changed:
+            k = changed[0]
+            what = "build arg" if k in (inputs.get("args") or {}) else "env"
+            shown = [
+                f"{k}: {env_old.get(k, '(unset)')} → {env_new.get(k, '(unset)')}" for k in changed
+            ]
+            return (
+                f"{what} {k} changed: {env_old.get(k, '(unset)')} → {env_new.get(k, '(unset)')}",
+                shown[:10],
+                len(shown),
+            )
+        for name in sorted({*before, *inputs}):
+            if before.get(name) != inputs.get(name):
+                return f"{name} changed", [], 0
+        return "inputs changed", [], 0
 
     def step(self, stage: Stage, state: StageState, image: Image, ins: Instruction) -> Image:
         text = " ".join(ins.text.split()) if "\n" not in ins.text else ins.text
@@ -373,7 +493,7 @@ class _Build:
                 history=entry is not None,
             )
         elif ins.keyword == "WORKDIR":
-            image = self.workdir(state, image, ins)
+            image = self.workdir(stage, state, image, ins)
         elif ins.keyword in ("COPY", "ADD"):
             image = self.copy(stage, state, image, ins)
         elif ins.keyword == "RUN":
@@ -381,9 +501,13 @@ class _Build:
         else:
             raise self.fail(f"{ins.keyword} cannot be used here", ins)
         layer = image.layers[-1].digest if len(image.layers) > before else None
-        step = BuildStep(
-            stage.label, ins.line, text, layer, False, None, time.perf_counter() - started
+        cached, reason, evidence, count = self.outcome.pop(
+            (stage.label, ins.line), (False, None, (), 0)
         )
+        step = BuildStep(
+            stage.label, ins.line, text, layer, cached, reason, time.perf_counter() - started,
+            evidence, count,
+        )  # fmt: skip
         self.steps.append(step)
         self.progress(BuildEvent("done", stage.label, ins.line, text, step))
         return image
@@ -398,7 +522,7 @@ class _Build:
 
     # -- WORKDIR
 
-    def workdir(self, state: StageState, image: Image, ins: Instruction) -> Image:
+    def workdir(self, stage: Stage, state: StageState, image: Image, ins: Instruction) -> Image:
         path = state.expand(ins.args[0], ins)
         wd = posixpath.normpath(posixpath.join(state.workdir, path)) if path else state.workdir
         wd = "/" + wd.lstrip("/")
@@ -416,14 +540,20 @@ class _Build:
             else (0, 0)
         )
         dirs = self.dir_attrs(image, wd.strip("/"), uid, gid)
-        with self.store.workspace("workdir") as empty:
-            layer = self.store.build_layer(
-                empty,
-                compression=self.compression,
-                source_date_epoch=self.epoch,
-                under=wd.strip("/"),
-                under_dirs=dirs,
-            )
+
+        def make() -> Layer:
+            with self.store.workspace("workdir") as empty:
+                return self.store.build_layer(
+                    empty,
+                    compression=self.compression,
+                    source_date_epoch=self.epoch,
+                    under=wd.strip("/"),
+                    under_dirs=dirs,
+                )
+
+        # The directories' attributes but a new one's mtime (the build's time) make the key.
+        shown = [[d.mode, d.uid, d.gid] for d in dirs]
+        layer = self.cached(stage, ins, {"workdir": wd, "dirs": shown}, make)
         image = image.with_runtime_config(state.config, history=False)
         return image.append(
             layer, created_by=f"WORKDIR {wd}", comment=BUILDKIT_COMMENT, created=self.created()
@@ -629,15 +759,35 @@ class _Build:
                     name = posixpath.basename(rel) if into_dir else posixpath.basename(dest)
                     _stage_entry(source, staging / name)
             dirs = self.dir_attrs(image, under, uid, gid)
-            layer = self.store.build_layer(
-                staging,
-                compression=self.compression,
-                source_date_epoch=self.epoch,
-                owner=(uid, gid),
-                under=under or None,
-                under_dirs=dirs,
-                chmod=chmod,
-            )
+            selected = checksum_sources(list(walk_sources(staging)))
+            inputs = {
+                "args": [*sources, dest_word],
+                "dest": dest,
+                "under": under,
+                "dirs": [[d.mode, d.uid, d.gid] for d in dirs],
+                "owner": [uid, gid],
+                "chmod": chmod,
+                "flags": sorted(f for f in ins.flags if not f.startswith(("--chown", "--chmod"))),
+                "sources": selected.digest,
+                "files": {
+                    r.name: [r.kind, r.mode, f"{r.uid}:{r.gid}", r.size,
+                             r.link.decode(errors="replace"), sorted(r.xattrs), r.content]
+                    for r in selected.records
+                },
+            }  # fmt: skip
+
+            def make() -> Layer:
+                return self.store.build_layer(
+                    staging,
+                    compression=self.compression,
+                    source_date_epoch=self.epoch,
+                    owner=(uid, gid),
+                    under=under or None,
+                    under_dirs=dirs,
+                    chmod=chmod,
+                )
+
+            layer = self.cached(stage, ins, inputs, make)
             if chmod is None and self.needs_tree(stage, ins) and _overlay_works():
                 linked = self.link_snapshot(staging, under, dirs, uid, gid)
                 if linked is not None:
@@ -822,7 +972,18 @@ class _Build:
         # Not root: every file of the tree belongs to the caller on disk; a path keeps the
         # owner the image gives it, and a new one belongs to root (the sandbox's root).
         owner: Owner = "numeric" if os.geteuid() == 0 else "inherit"
-        with step_scope:
+        inputs = {
+            "argv": argv,
+            "env": state.run_env(),
+            "args": {k: v for k, v in state.args.items() if v is not None},
+            "user": state.config.get("User") or "",
+            "workdir": state.workdir,
+            "network": network,
+            "mounts": self.mount_keys(state, ins),
+            "script": ins.heredocs[0].content if script_mount is not None else None,
+        }
+
+        def make() -> Layer:
             mounts = self.mounts(state, ins, step_scope)
             if script_mount is not None:
                 mounts.append(script_mount)
@@ -849,21 +1010,62 @@ class _Build:
                 raise
             finally:
                 points.restore()
-        layer = self.store.diff_layer(
-            image.stack if image.layers else self.workspace("empty"),
-            rootfs,
-            compression=self.compression,
-            source_date_epoch=self.epoch,
-            owner=owner,
-        )
-        image = image.append(
+            layer = self.store.diff_layer(
+                image.stack if image.layers else self.workspace("empty"),
+                rootfs,
+                compression=self.compression,
+                source_date_epoch=self.epoch,
+                owner=owner,
+            )
+            self.rootfs[stage.index] = ([*image.diff_ids, layer.diff_id], rootfs)
+            return layer
+
+        with step_scope:
+            layer = self.cached(stage, ins, inputs, make)
+        return image.append(
             layer,
             created_by=state.run_history(argv),
             comment=BUILDKIT_COMMENT,
             created=self.created(),
         )
-        self.rootfs[stage.index] = (list(image.diff_ids), rootfs)
-        return image
+
+    def mount_keys(self, state: StageState, ins: Instruction) -> list[Any]:
+        """What a ``RUN``'s mounts add to its cache key: each spec as written, expanded, and
+        for a bind mount what it binds: the checksum of the context's files there (ignored
+        ones too: a change to them can only cost a miss), or the key of the stage it comes
+        from. A cache mount's contents and a secret's never enter a key."""
+        from layercore.build.checksum import checksum_sources, walk_sources
+
+        out: list[Any] = []
+        for spec in ins.flag_values("mount"):
+            text = state.expand(spec, ins)
+            opts = dict(part.strip().partition("=")[::2] for part in text.split(","))
+            if opts.get("type", "bind") != "bind":
+                out.append(text)
+                continue
+            ref = opts.get("from")
+            if ref is not None:
+                index = next(
+                    (
+                        s.index
+                        for s in self.plan.stages
+                        if s.name == ref.lower() or str(s.index) == ref
+                    ),
+                    None,
+                )
+                bound = self.stage_keys.get(index, ref) if index is not None else ref
+                out.append([text, bound])
+                continue
+            source = posixpath.normpath("/" + opts.get("source", opts.get("src", "/"))).lstrip("/")
+            path = self.context / source if source else self.context
+            if path.is_dir() and not path.is_symlink():
+                sources = list(walk_sources(path))
+            else:
+                sources = (
+                    [(path, posixpath.basename(source) or ".")] if os.path.lexists(path) else []
+                )
+            out.append([text, checksum_sources(sources).digest])
+        return out
 
     def run_overlay(
         self,
@@ -875,7 +1077,7 @@ class _Build:
         network: str,
         mounts: list[_Mount],
         owner: Owner,
-    ) -> Image:
+    ) -> Layer:
         """RUN on an overlay of the stage's snapshots: the upper dir is the step's change,
         written as the layer and then kept as that layer's snapshot. Mount points missing from
         the image are made in a skeleton directory mounted as the top lower dir, so neither
@@ -917,14 +1119,8 @@ class _Build:
                 source_date_epoch=self.epoch,
                 owner=owner,
             )
-            image = image.append(
-                layer,
-                created_by=state.run_history(argv),
-                comment=BUILDKIT_COMMENT,
-                created=self.created(),
-            )
-            self.store.commit_snapshot(ws / "upper", image.layers, xattrs=xattrs)
-        return image
+            self.store.commit_snapshot(ws / "upper", [*image.layers, layer], xattrs=xattrs)
+        return layer
 
     def _run(
         self,
@@ -1416,6 +1612,48 @@ def _overlay_works() -> bool:
     if choice in ("copy", "overlay"):
         return choice == "overlay"
     return os.geteuid() not in _overlay_failed
+
+
+_NO_RECORD = "no cache record for this step"
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    """A build cache key: the SHA-256 of the canonical JSON of ``obj``."""
+    return sha256_digest(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _explain_files(
+    text: str, old: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[str, list[str], int]:
+    """A COPY's miss from its sources: which files changed (and in what), which came and went;
+    one mode change on many files is named as such (a umask?)."""
+    fields = ("kind", "mode", "owner", "size", "link", "xattrs", "content")
+    changed: list[tuple[str, str]] = []
+    modes: dict[tuple[Any, Any], int] = {}
+    for name in sorted(set(old) & set(new)):
+        a, b = old[name], new[name]
+        if a == b:
+            continue
+        what = [f for f, x, y in zip(fields, a, b, strict=False) if x != y]
+        what = [w for w in what if w != "size" or "content" not in what]
+        changed.append((name, ", ".join(what) or "metadata"))
+        if what == ["mode"]:
+            modes[(a[1], b[1])] = modes.get((a[1], b[1]), 0) + 1
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    parts = []
+    evidence = [f"{n} ({w})" for n, w in changed]
+    if len(modes) == 1 and len(changed) > 1 and sum(modes.values()) == len(changed):
+        (a_mode, b_mode), n = next(iter(modes.items()))
+        parts.append(f"mode {a_mode:04o} → {b_mode:04o} on {n} files (umask?)")
+    elif changed:
+        noun = "file" if len(changed) == 1 else "files"
+        parts.append(f"{len(changed)} {noun} changed: {changed[0][0]} ({changed[0][1]})")
+    if added or removed:
+        parts.append(f"{len(added)} files added, {len(removed)} removed")
+        evidence += [f"{n} (added)" for n in added] + [f"{n} (removed)" for n in removed]
+    reason = f"{text}: " + ("; ".join(parts) or "sources changed")
+    return reason, evidence[:10], len(evidence)
 
 
 #: The mark of a URL source among a COPY's matches.

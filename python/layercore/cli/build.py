@@ -66,7 +66,14 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--label", metavar="K=V", action="append", default=[], help="a label on the image"
     )
-    p.add_argument("--no-cache", action="store_true", help="run every step (there is no cache yet)")
+    p.add_argument(
+        "--no-cache", action="store_true", help="run every step, whatever the build cache holds"
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print why each step was or was not taken from the build cache",
+    )
     p.add_argument(
         "--progress",
         choices=("auto", "plain", "json"),
@@ -129,8 +136,14 @@ class _Printer:
         elif event.kind == "output":
             print(f"#{self.count}   {event.text}", file=self.out)
         elif event.kind == "done" and event.step is not None:
-            layer = f" -> {short_digest(event.step.layer)}" if event.step.layer else ""
-            print(f"#{self.count} done in {event.step.seconds:.2f}s{layer}", file=self.out)
+            step = event.step
+            layer = f" -> {short_digest(step.layer)}" if step.layer else ""
+            if step.cached:
+                print(f"#{self.count} CACHED{layer}", file=self.out)
+            else:
+                print(f"#{self.count} done in {step.seconds:.2f}s{layer}", file=self.out)
+                if step.reason:
+                    print(f"#{self.count} cache miss: {step.reason}", file=self.out)
         elif event.kind == "warning":
             print(f"warning: {event.text}", file=self.out)
         self.out.flush()
@@ -144,6 +157,7 @@ class _LiveStep:
         self.start = time.monotonic()
         self.seconds: float | None = None
         self.failed = False
+        self.cached = False
         self.output: list[str] = []
 
 
@@ -207,6 +221,7 @@ class _Live:
             elif event.kind == "done" and key in self.running:
                 step = self.running.pop(key)
                 step.seconds = event.step.seconds if event.step else None
+                step.cached = bool(event.step and event.step.cached)
                 step.output = []
             elif event.kind == "warning":
                 self.warnings.append(event.text)
@@ -221,7 +236,15 @@ class _Live:
             now = time.monotonic()
             for step in self.steps:
                 seconds = step.seconds if step.seconds is not None else now - step.start
-                state = "ERROR" if step.failed else "DONE" if step.seconds is not None else ""
+                state = (
+                    "ERROR"
+                    if step.failed
+                    else "CACHED"
+                    if step.cached
+                    else "DONE"
+                    if step.seconds is not None
+                    else ""
+                )
                 right = f" {state} {seconds:.1f}s".rstrip() if state else f" {seconds:.1f}s"
                 head = f"=> [{step.stage}:{step.line}] " + " ".join(step.text.split())
                 room = max(width - len(right), 10)
@@ -286,17 +309,26 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
         )
         return 0
     if args.progress != "json":
-        table = borderless_table(
-            "STEP", "LINE", "INSTRUCTION", "LAYER", "SECONDS", right=("LINE", "SECONDS")
-        )
+        columns = ["STEP", "LINE", "INSTRUCTION", "LAYER", "CACHE", "SECONDS"]
+        if args.explain:
+            columns.append("WHY")
+        table = borderless_table(*columns, right=("LINE", "SECONDS"))
         for step in result.steps:
-            table.add_row(
+            row = [
                 step.stage,
                 str(step.line),
                 step.instruction if len(step.instruction) <= 60 else step.instruction[:57] + "...",
                 short_digest(step.layer) if step.layer else "-",
+                "hit" if step.cached else ("miss" if step.layer else "-"),
                 f"{step.seconds:.2f}",
-            )
+            ]
+            if args.explain:
+                why = step.reason or ("" if not step.layer else "same inputs as a recorded step")
+                if step.evidence:
+                    more = step.evidence_count - len(step.evidence)
+                    why += "\n" + "\n".join(step.evidence) + (f"\n(+{more} more)" if more else "")
+                row.append(why)
+            table.add_row(*row)
         from rich.console import Console
 
         Console(file=sys.stderr, highlight=False, markup=False, emoji=False).print(table)

@@ -1,0 +1,150 @@
+"""The build cache: a step whose key (its parent's key and its inputs, COPY's by content) has a
+record is taken from it; every miss says why. Each rule has a test here that fails without it:
+no false hit on content (same size and mtime), mode, owner, xattr or name; a touched mtime
+hits; an ARG invalidates where it is used."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import layercore
+from layercore import Store
+from layercore.build import BuildResult
+from test_build import EPOCH, busybox_store, context
+
+DOCKERFILE = """
+    FROM busybox:test
+    ARG VERSION=1
+    WORKDIR /app
+    COPY app/ ./
+    RUN echo "v$VERSION" > version.txt && cat a.txt > copy.txt
+    LABEL stage=one
+    RUN echo done > done.txt
+    """
+FILES = {"app/a.txt": "alpha\n", "app/sub/b.txt": "beta\n"}
+
+
+def steps(result: BuildResult) -> list[tuple[int, bool, str | None]]:
+    return [(s.line, s.cached, s.reason) for s in result.steps if s.layer is not None]
+
+
+def test_an_unchanged_rebuild_takes_every_step_from_the_cache(tmp_path: Path) -> None:
+    store = busybox_store(tmp_path)
+    ctx = context(tmp_path, DOCKERFILE, FILES)
+    first = layercore.build(ctx, store=store, tags=["app:1"], source_date_epoch=EPOCH)
+    assert [(line, cached) for line, cached, _ in steps(first)] == [
+        (3, False), (4, False), (5, False), (7, False)
+    ]  # fmt: skip
+    assert {reason for _, _, reason in steps(first)} == {"no cache record for this step"}
+    again = layercore.build(ctx, store=store, tags=["app:2"], source_date_epoch=EPOCH)
+    assert all(cached for _, cached, _ in steps(again))
+    assert again.digest == first.digest
+    # A touched mtime is no change.
+    os.utime(ctx / "app" / "a.txt", (1, 1))
+    touched = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    assert all(cached for _, cached, _ in steps(touched))
+    # --no-cache runs everything, and says so.
+    forced = layercore.build(ctx, store=store, no_cache=True, source_date_epoch=EPOCH)
+    assert {(cached, reason) for _, cached, reason in steps(forced)} == {(False, "--no-cache")}
+    # gc keeps the layers the cache records name, though no tag does.
+    store.remove("app:1")
+    store.remove("app:2")
+    store.gc()
+    assert all(cached for _, cached, _ in steps(layercore.build(ctx, store=store)))
+
+
+def test_every_change_to_a_source_misses_and_says_what(tmp_path: Path) -> None:
+    store = busybox_store(tmp_path)
+    ctx = context(tmp_path, DOCKERFILE, FILES)
+    layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    a = ctx / "app" / "a.txt"
+
+    def rebuild() -> list[tuple[int, bool, str | None]]:
+        return steps(layercore.build(ctx, store=store, source_date_epoch=EPOCH))
+
+    # Same size, same mtime, new content: a miss, named, and the steps after it follow.
+    st = a.stat()
+    a.write_text("ALPHA\n")
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    result = rebuild()
+    assert result[0][1] is True  # WORKDIR
+    assert result[1] == (4, False, "COPY app/ ./: 1 file changed: a.txt (content)")
+    assert result[2] == (5, False, "parent changed (line 4)")
+    assert result[3] == (7, False, "parent changed (line 4)")
+    assert all(cached for _, cached, _ in rebuild())
+    # Mode, owner, xattr, name: each a miss.
+    os.chmod(a, 0o600)
+    assert rebuild()[1] == (4, False, "COPY app/ ./: 1 file changed: a.txt (mode)")
+    if os.geteuid() == 0:
+        os.chown(a, 7, 7)
+        assert rebuild()[1] == (4, False, "COPY app/ ./: 1 file changed: a.txt (owner)")
+    os.setxattr(a, "user.tag", b"1")
+    assert rebuild()[1] == (4, False, "COPY app/ ./: 1 file changed: a.txt (xattrs)")
+    (ctx / "app" / "sub" / "b.txt").rename(ctx / "app" / "sub" / "c.txt")
+    assert rebuild()[1] == (4, False, "COPY app/ ./: 1 files added, 1 removed")
+    # One mode change over many files is named as such.
+    os.chmod(a, 0o644)
+    rebuild()
+    for name in ("a.txt", "sub/c.txt"):
+        os.chmod(ctx / "app" / name, 0o664)
+    _line, _cached, reason = rebuild()[1]
+    assert reason is not None and "on 2 files (umask?)" in reason
+
+
+def test_build_args_and_instructions(tmp_path: Path) -> None:
+    store = busybox_store(tmp_path)
+    ctx = context(tmp_path, DOCKERFILE, FILES)
+    layercore.build(ctx, store=store, build_args={"VERSION": "1.2"}, source_date_epoch=EPOCH)
+    # The ARG changes where it is used (the RUN), not where it is defined.
+    result = layercore.build(ctx, store=store, build_args={"VERSION": "1.3"})
+    assert steps(result)[:3] == [
+        (3, True, None), (4, True, None), (5, False, "build arg VERSION changed: 1.2 → 1.3")
+    ]  # fmt: skip
+    image = store.load(result.digest)
+    assert image.stack.read("app/version.txt") == b"v1.3\n"
+    # A changed instruction names the old and the new text; a LABEL changes no key.
+    (ctx / "Dockerfile").write_text(
+        (ctx / "Dockerfile").read_text().replace("echo done", "echo finished")
+        .replace("stage=one", "stage=two")
+    )  # fmt: skip
+    result = layercore.build(ctx, store=store, build_args={"VERSION": "1.3"})
+    assert steps(result)[:3] == [(3, True, None), (4, True, None), (5, True, None)]
+    assert steps(result)[3] == (
+        7, False, "instruction changed: RUN echo done > done.txt → RUN echo finished > done.txt"
+    )  # fmt: skip
+
+
+def test_explain_and_json_on_the_command_line(tmp_path: Path) -> None:
+    store = busybox_store(tmp_path)
+    ctx = context(tmp_path, DOCKERFILE, FILES)
+    command = [sys.executable, "-m", "layercore", "--store", str(store.root), "build"]
+    assert subprocess.run([*command, str(ctx)], capture_output=True).returncode == 0
+    (ctx / "app" / "new.txt").write_text("n\n")
+    done = subprocess.run(
+        [*command, "--explain", "--progress", "plain", str(ctx)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "COPY app/ ./: 1 files added, 0 removed" in done.stderr
+    assert "new.txt (added)" in done.stderr and "parent changed (line 4)" in done.stderr
+    assert "CACHED" in done.stderr  # the WORKDIR step, in the progress lines
+    as_json = subprocess.run(
+        [*command, "--json", "--progress", "plain", str(ctx)], capture_output=True, text=True
+    )
+    steps_json = json.loads(as_json.stdout)["steps"]
+    assert [s["cached"] for s in steps_json if s["layer"]] == [True, True, True, True]
+    assert all("evidence" in s and "evidence_count" in s for s in steps_json)
+
+
+def test_records_live_in_the_store(tmp_path: Path) -> None:
+    store = busybox_store(tmp_path)
+    ctx = context(tmp_path, DOCKERFILE, FILES)
+    layercore.build(ctx, store=store)
+    records = list((store.root / ".layercore" / "buildcache" / "steps").iterdir())
+    assert len(records) == 4
+    one = json.loads(records[0].read_text())
+    assert {"key", "parent", "layer", "instruction", "line", "inputs"} <= set(one)
+    assert Store(store.root).cache_record(one["key"]) is not None
