@@ -748,6 +748,18 @@ def store_targets(res: Results, add: Any) -> None:
             "within 1.5x (≥ 0.67x)",
         ),
         ("context checksum, stat cache warm, vs cold", "build/checksum-warm", 20.0, "≥ 20x"),
+        (
+            "rebuild, nothing changed, vs buildah's cached rebuild",
+            "build/cached-nothing-changed",
+            50.0,
+            "≥ 50x",
+        ),
+        (
+            "rebuild after one file's content changed, vs buildah's",
+            "build/cached-one-file-changed",
+            10.0,
+            "≥ 10x",
+        ),
     ):
         r = paired_ratio(res, group)
         add(name, "build context", required, r, r is not None and r >= needed, fmt_ratio(r))

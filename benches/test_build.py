@@ -281,3 +281,59 @@ def test_context_checksum_warm(benchmark: Any, prepared: Prepared) -> None:
         benchmark, "build/checksum-warm", "the checksum with no stat cache",
         FILES * FILE_BYTES, setup, prepared.env, pairs=1 if SMOKE else 5,
     )  # fmt: skip
+
+
+class Warm:
+    """One layercore store and one buildah storage root that keep their caches across rounds
+    (both primed by a first build, untimed)."""
+
+    def __init__(self, p: Prepared, name: str, context: Path) -> None:
+        self.rounds = Rounds(p, name)
+        self.store = self.rounds.layercore_store()
+        self.buildah = self.rounds.buildah_root()
+        run(_layercore_build(self.store, context), p.env)
+        run(_buildah_bud(self.buildah, context), p.env)
+
+
+def test_cached_rebuild_nothing_changed(benchmark: Any, prepared: Prepared) -> None:
+    """A rebuild of the unchanged two-stage build, every step from the cache, against
+    buildah's cached rebuild (`--layers`), whole processes, alternating."""
+    warm = Warm(prepared, "build-cached", prepared.two_stages)
+
+    def setup(_who: str) -> tuple[list[str], list[str]]:
+        return (
+            _layercore_build(warm.store, prepared.two_stages),
+            _buildah_bud(warm.buildah, prepared.two_stages),
+        )
+
+    try:
+        paired(
+            benchmark, "build/cached-nothing-changed", "buildah bud --layers (cached)",
+            FILES * FILE_BYTES, setup, prepared.env, pairs=1 if SMOKE else 5,
+        )  # fmt: skip
+    finally:
+        warm.rounds.close()
+
+
+def test_cached_rebuild_one_file_changed(benchmark: Any, prepared: Prepared) -> None:
+    """A rebuild after one source file's content changed (a new content before each round):
+    the COPY and everything after it run again; against buildah's, alternating."""
+    context = prepared.root / "one-changed"
+    shutil.copytree(prepared.two_stages, context)
+    warm = Warm(prepared, "build-one-changed", context)
+    target = context / "src" / "d3" / "f0"
+    count = {"n": 0}
+
+    def setup(_who: str) -> tuple[list[str], list[str]]:
+        count["n"] += 1
+        target.write_bytes(os.urandom(FILE_BYTES))
+        return _layercore_build(warm.store, context), _buildah_bud(warm.buildah, context)
+
+    try:
+        paired(
+            benchmark, "build/cached-one-file-changed", "buildah bud --layers (cached)",
+            FILES * FILE_BYTES, setup, prepared.env, pairs=1 if SMOKE else 3,
+        )  # fmt: skip
+    finally:
+        warm.rounds.close()
+        shutil.rmtree(context, ignore_errors=True)
