@@ -54,7 +54,8 @@ def test_an_unchanged_rebuild_takes_every_step_from_the_cache(tmp_path: Path) ->
     store.remove("app:1")
     store.remove("app:2")
     store.gc()
-    assert all(cached for _, cached, _ in steps(layercore.build(ctx, store=store)))
+    rebuilt = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    assert all(cached for _, cached, _ in steps(rebuilt))
 
 
 def test_every_change_to_a_source_misses_and_says_what(tmp_path: Path) -> None:
@@ -100,7 +101,9 @@ def test_build_args_and_instructions(tmp_path: Path) -> None:
     ctx = context(tmp_path, DOCKERFILE, FILES)
     layercore.build(ctx, store=store, build_args={"VERSION": "1.2"}, source_date_epoch=EPOCH)
     # The ARG changes where it is used (the RUN), not where it is defined.
-    result = layercore.build(ctx, store=store, build_args={"VERSION": "1.3"})
+    result = layercore.build(
+        ctx, store=store, build_args={"VERSION": "1.3"}, source_date_epoch=EPOCH
+    )
     assert steps(result)[:3] == [
         (3, True, None), (4, True, None), (5, False, "build arg VERSION changed: 1.2 → 1.3")
     ]  # fmt: skip
@@ -111,7 +114,9 @@ def test_build_args_and_instructions(tmp_path: Path) -> None:
         (ctx / "Dockerfile").read_text().replace("echo done", "echo finished")
         .replace("stage=one", "stage=two")
     )  # fmt: skip
-    result = layercore.build(ctx, store=store, build_args={"VERSION": "1.3"})
+    result = layercore.build(
+        ctx, store=store, build_args={"VERSION": "1.3"}, source_date_epoch=EPOCH
+    )
     assert steps(result)[:3] == [(3, True, None), (4, True, None), (5, True, None)]
     assert steps(result)[3] == (
         7, False, "instruction changed: RUN echo done > done.txt → RUN echo finished > done.txt"
@@ -148,3 +153,42 @@ def test_records_live_in_the_store(tmp_path: Path) -> None:
     one = json.loads(records[0].read_text())
     assert {"key", "parent", "layer", "instruction", "line", "inputs"} <= set(one)
     assert Store(store.root).cache_record(one["key"]) is not None
+
+
+def test_copy_from_a_stage_is_keyed_by_its_tree(tmp_path: Path) -> None:
+    """COPY --from a stage hits while the stage's tree (its chain_id) is the same, without
+    looking at it, and misses when the stage changed."""
+    store = busybox_store(tmp_path)
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test AS build
+        COPY app/ /app/
+        RUN echo built > /app/out.txt
+        FROM busybox:test
+        COPY --from=build /app /srv
+        """,
+        FILES,
+    )
+    first = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    again = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    assert all(cached for _, cached, _ in steps(again)) and again.digest == first.digest
+    (ctx / "app" / "a.txt").write_text("changed\n")
+    changed = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    final = [s for s in changed.steps if s.stage == "1"]
+    assert [(s.cached, s.reason) for s in final] == [(False, "from changed")]
+    assert store.load(changed.digest).stack.read("srv/a.txt") == b"changed\n"
+
+
+def test_compression_and_source_date_epoch_are_part_of_the_key(tmp_path: Path) -> None:
+    """A layer written with other compression, or clamped to another epoch, has other bytes:
+    no hit across them."""
+    store = busybox_store(tmp_path)
+    ctx = context(tmp_path, DOCKERFILE, FILES)
+    gz = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    zst = layercore.build(ctx, store=store, source_date_epoch=EPOCH, compression="zstd")
+    assert not any(cached for _, cached, _ in steps(zst))
+    assert {layer.compression for layer in store.load(zst.digest).layers[1:]} == {"zstd"}
+    later = layercore.build(ctx, store=store, source_date_epoch=EPOCH + 100)
+    assert not any(cached for _, cached, _ in steps(later))
+    assert layercore.build(ctx, store=store, source_date_epoch=EPOCH).digest == gz.digest

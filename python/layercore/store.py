@@ -501,6 +501,11 @@ class Store:
 
     # -- build cache records --------------------------------------------------------------------
 
+    def stat_cache_path(self) -> Path:
+        """The build's stat cache of source content digests (see
+        :func:`layercore.build.checksum.checksum_sources`)."""
+        return self._private / "buildcache" / "stat-cache"
+
     def cache_record(self, key: str) -> dict[str, Any] | None:
         """The build cache record of the step key ``key`` (``sha256:<hex>``), if there is one
         and the layer it names is in the store; else ``None``."""

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from layercore import _core
-from layercore.build.checksum import checksum_sources, walk_sources
+from layercore.build.checksum import SourceChecksum, checksum_sources, walk_sources
 from layercore.build.context import (
     IgnoreRules,
     ignore_file_for,
@@ -371,7 +371,14 @@ class _Build:
         if stage.base_stage is not None:
             start = self.stage_keys[stage.base_stage]
         else:
-            start = _key({"from": "scratch" if stage.base == "scratch" else image.digest})
+            start = _key(
+                {
+                    "from": "scratch" if stage.base == "scratch" else image.digest,
+                    # Both change a layer's bytes: a layer of another build's is no hit.
+                    "compression": self.compression,
+                    "source_date_epoch": self.epoch,
+                }
+            )
         self.chain[stage.index] = (start, None, False)
         for ins in instructions:
             image = self.store.attach(self.step(stage, state, image, ins))
@@ -674,110 +681,123 @@ class _Build:
         # relative to it; .dockerignore matches paths relative to the context.
         excludes = IgnoreRules([state.expand(e, ins) for e in ins.flag_values("exclude")])
         source_from = ins.flag("from")
-        if source_from is not None:
-            root, ignore = self.tree(state.expand(source_from, ins), ins), IgnoreRules()
-        else:
-            root, ignore = self.context, self.ignore
-        matches: list[tuple[str, str | None]] = []  # (relative source or URL, heredoc name)
-        for src in sources:
-            if src in heredocs:
-                matches.append((src, heredocs[src].name))
-                continue
-            if src.startswith(("http://", "https://")):
-                matches.append((src, _URL))
-                continue
-            try:
-                found = resolve_sources(root, src, ignore, line=ins.line, dockerfile=self.df.path)
-            except SourceNotFoundError as e:
-                raise self.fail(f"{ins.keyword} {src}: {e.message}", ins) from None
-            matches.extend((rel, None) for rel in found if not excludes.ignored(rel))
-        dest = dest_word if dest_word.startswith("/") else posixpath.join(state.workdir, dest_word)
-        dest = "/" + posixpath.normpath(dest).lstrip("/") if dest != "/" else "/"
-        existing = self.lookup(image, dest.strip("/")) if dest != "/" else None
+        flags = sorted(f for f in ins.flags if not f.startswith(("--chown", "--chmod")))
 
-        def is_dir(rel: str) -> bool:
-            path = root / rel if rel != "." else root
-            return path.is_dir() and not path.is_symlink()
-
-        named_dir = (
-            parents  # --parents always copies into the destination as a directory
-            or dest_word.endswith("/")
-            or dest_word in (".", "")
-            or dest == "/"
-            or (existing is not None and existing.kind == "dir")
-        )
-        if len(matches) > 1 and not named_dir:
-            raise self.fail(
-                f"When using {ins.keyword} with more than one source file, the destination must be "
-                "a directory and end with a /",
-                ins,
+        def write(key_inputs: Mapping[str, Any] | None) -> Layer:
+            """Selects, stages and writes the layer; without ``key_inputs`` (sources from the
+            context) the build cache is consulted once the selection's checksum is known."""
+            if source_from is not None:
+                root, ignore = self.tree(state.expand(source_from, ins), ins), IgnoreRules()
+            else:
+                root, ignore = self.context, self.ignore
+            matches: list[tuple[str, str | None]] = []  # (relative source or URL, heredoc name)
+            for src in sources:
+                if src in heredocs:
+                    matches.append((src, heredocs[src].name))
+                    continue
+                if src.startswith(("http://", "https://")):
+                    matches.append((src, _URL))
+                    continue
+                try:
+                    found = resolve_sources(
+                        root, src, ignore, line=ins.line, dockerfile=self.df.path
+                    )
+                except SourceNotFoundError as e:
+                    raise self.fail(f"{ins.keyword} {src}: {e.message}", ins) from None
+                matches.extend((rel, None) for rel in found if not excludes.ignored(rel))
+            dest = (
+                dest_word if dest_word.startswith("/") else posixpath.join(state.workdir, dest_word)
             )
-        # A directory's contents go into the destination; so do files named as a directory.
-        single = matches[0][0] if len(matches) == 1 and matches[0][1] is None else None
-        if checksum is not None and not (len(matches) == 1 and matches[0][1] == _URL):
-            raise self.fail("ADD --checksum takes exactly one URL source", ins)
-        # What ADD unpacks, detected once by content: source -> its compression.
-        archives = {
-            rel: kind
-            for rel, mark in matches
-            if add and mark is None and (kind := _archive_kind(root / rel)) is not None
-        }
-        single_dir = single is not None and (is_dir(single) or single in archives)
-        into_dir = named_dir or len(matches) > 1 or single_dir
-        under = dest.strip("/") if into_dir else posixpath.dirname(dest).strip("/")
-        with self.store.workspace("copy") as staging:
-            for rel, heredoc_name in matches:
-                if heredoc_name == _URL:
-                    name = _url_name(rel) if into_dir else posixpath.basename(dest)
-                    self.fetch(rel, staging / name, checksum, ins)
-                    continue
-                if heredoc_name is not None:
-                    doc = heredocs[rel]
-                    content = doc.content
-                    name = heredoc_name if into_dir else posixpath.basename(dest)
-                    target = staging / name
-                    target.write_text(content)
-                    os.chmod(target, 0o664)  # as BuildKit's Mkfile for inline documents
-                    os.utime(target, (self.created(), self.created()))
-                    continue
-                source = root / rel if rel != "." else root
-                if parents and rel != ".":
-                    # --parents: the source keeps its path from the root under the destination.
-                    placed = staging / posixpath.dirname(rel)
-                    _stage_parents(root, rel, staging)
-                    if source.is_dir() and not source.is_symlink():
-                        (placed / posixpath.basename(rel)).mkdir(exist_ok=True)
-                        _stage_tree(source, placed / posixpath.basename(rel), rel, ignore, excludes)
-                    else:
-                        _stage_entry(source, placed / posixpath.basename(rel))
-                    continue
-                if source.is_dir() and not source.is_symlink():
-                    _stage_tree(source, staging, rel, ignore, excludes)
-                elif rel in archives:
-                    _unpack(source, archives[rel], staging, ins, self.df)
-                else:
-                    name = posixpath.basename(rel) if into_dir else posixpath.basename(dest)
-                    _stage_entry(source, staging / name)
-            dirs = self.dir_attrs(image, under, uid, gid)
-            selected = checksum_sources(list(walk_sources(staging)))
-            inputs = {
-                "args": [*sources, dest_word],
-                "dest": dest,
-                "under": under,
-                "dirs": [[d.mode, d.uid, d.gid] for d in dirs],
-                "owner": [uid, gid],
-                "chmod": chmod,
-                "flags": sorted(f for f in ins.flags if not f.startswith(("--chown", "--chmod"))),
-                "sources": selected.digest,
-                "files": {
-                    r.name: [r.kind, r.mode, f"{r.uid}:{r.gid}", r.size,
-                             r.link.decode(errors="replace"), sorted(r.xattrs), r.content]
-                    for r in selected.records
-                },
-            }  # fmt: skip
+            dest = "/" + posixpath.normpath(dest).lstrip("/") if dest != "/" else "/"
+            existing = self.lookup(image, dest.strip("/")) if dest != "/" else None
 
-            def make() -> Layer:
-                return self.store.build_layer(
+            def is_dir(rel: str) -> bool:
+                path = root / rel if rel != "." else root
+                return path.is_dir() and not path.is_symlink()
+
+            named_dir = (
+                parents  # --parents always copies into the destination as a directory
+                or dest_word.endswith("/")
+                or dest_word in (".", "")
+                or dest == "/"
+                or (existing is not None and existing.kind == "dir")
+            )
+            if len(matches) > 1 and not named_dir:
+                raise self.fail(
+                    f"When using {ins.keyword} with more than one source file, the destination "
+                    "must be a directory and end with a /",
+                    ins,
+                )
+            # A directory's contents go into the destination; so do files named as a directory.
+            single = matches[0][0] if len(matches) == 1 and matches[0][1] is None else None
+            if checksum is not None and not (len(matches) == 1 and matches[0][1] == _URL):
+                raise self.fail("ADD --checksum takes exactly one URL source", ins)
+            # What ADD unpacks, detected once by content: source -> its compression.
+            archives = {
+                rel: kind
+                for rel, mark in matches
+                if add and mark is None and (kind := _archive_kind(root / rel)) is not None
+            }
+            single_dir = single is not None and (is_dir(single) or single in archives)
+            into_dir = named_dir or len(matches) > 1 or single_dir
+            under = dest.strip("/") if into_dir else posixpath.dirname(dest).strip("/")
+            dirs = self.dir_attrs(image, under, uid, gid)
+
+            def stage_into(staging: Path) -> None:
+                for rel, heredoc_name in matches:
+                    if heredoc_name == _URL:
+                        name = _url_name(rel) if into_dir else posixpath.basename(dest)
+                        self.fetch(rel, staging / name, checksum, ins)
+                        continue
+                    if heredoc_name is not None:
+                        doc = heredocs[rel]
+                        content = doc.content
+                        name = heredoc_name if into_dir else posixpath.basename(dest)
+                        target = staging / name
+                        target.write_text(content)
+                        os.chmod(target, 0o664)  # as BuildKit's Mkfile for inline documents
+                        os.utime(target, (self.created(), self.created()))
+                        continue
+                    source = root / rel if rel != "." else root
+                    if parents and rel != ".":
+                        # --parents: the source keeps its path from the root under the destination.
+                        placed = staging / posixpath.dirname(rel)
+                        _stage_parents(root, rel, staging)
+                        if source.is_dir() and not source.is_symlink():
+                            (placed / posixpath.basename(rel)).mkdir(exist_ok=True)
+                            _stage_tree(
+                                source, placed / posixpath.basename(rel), rel, ignore, excludes
+                            )
+                        else:
+                            _stage_entry(source, placed / posixpath.basename(rel))
+                        continue
+                    if source.is_dir() and not source.is_symlink():
+                        _stage_tree(source, staging, rel, ignore, excludes)
+                    elif rel in archives:
+                        _unpack(source, archives[rel], staging, ins, self.df)
+                    else:
+                        name = posixpath.basename(rel) if into_dir else posixpath.basename(dest)
+                        _stage_entry(source, staging / name)
+
+            def inputs_of(selected: SourceChecksum) -> dict[str, Any]:
+                return {
+                    "args": [*sources, dest_word],
+                    "dest": dest,
+                    "under": under,
+                    "dirs": [[d.mode, d.uid, d.gid] for d in dirs],
+                    "owner": [uid, gid],
+                    "chmod": chmod,
+                    "flags": flags,
+                    "sources": selected.digest,
+                    "files": {
+                        r.name: [r.kind, r.mode, f"{r.uid}:{r.gid}", r.size,
+                                 r.link.decode(errors="replace"), sorted(r.xattrs), r.content]
+                        for r in selected.records
+                    },
+                }  # fmt: skip
+
+            def written(staging: Path) -> Layer:
+                layer = self.store.build_layer(
                     staging,
                     compression=self.compression,
                     source_date_epoch=self.epoch,
@@ -786,12 +806,57 @@ class _Build:
                     under_dirs=dirs,
                     chmod=chmod,
                 )
+                # A layer just written from this staging matches it to the mtime (a cached one
+                # was written from sources equal in all but their mtimes): link its snapshot.
+                if chmod is None and self.needs_tree(stage, ins) and _overlay_works():
+                    linked = self.link_snapshot(staging, under, dirs, uid, gid)
+                    if linked is not None:
+                        self.linked[_core.chain_id([*image.diff_ids, layer.diff_id])] = linked
+                return layer
 
-            layer = self.cached(stage, ins, inputs, make)
-            if chmod is None and self.needs_tree(stage, ins) and _overlay_works():
-                linked = self.link_snapshot(staging, under, dirs, uid, gid)
-                if linked is not None:
-                    self.linked[_core.chain_id([*image.diff_ids, layer.diff_id])] = linked
+            def staged_and_written() -> Layer:
+                with self.store.workspace("copy") as staging:
+                    stage_into(staging)
+                    return written(staging)
+
+            if key_inputs is not None:
+                return staged_and_written()
+            if not parents and not archives and all(mark is None for _, mark in matches):
+                # Files of the context only: checksummed in place, through the store's stat
+                # cache, so a hit stages nothing (staging links the files, moving their ctime).
+                plan: list[tuple[Path, str]] = []
+                for rel, _mark in matches:
+                    source = root / rel if rel != "." else root
+                    if source.is_dir() and not source.is_symlink():
+                        plan.extend(_plan_tree(source, rel, ignore, excludes))
+                    else:
+                        name = posixpath.basename(rel) if into_dir else posixpath.basename(dest)
+                        plan.append((source, name))
+                plan.sort(key=lambda entry: entry[1])
+                selected = checksum_sources(plan, cache=self.store.stat_cache_path())
+                return self.cached(stage, ins, inputs_of(selected), staged_and_written)
+            with self.store.workspace("copy") as staging:
+                stage_into(staging)
+                staged = sorted(walk_sources(staging), key=lambda entry: entry[1])
+                return self.cached(
+                    stage, ins, inputs_of(checksum_sources(staged)), lambda: written(staging)
+                )
+
+        if source_from is not None:
+            # From a stage or an image: its chain_id names its whole tree, so the key needs
+            # no look at it, and a hit neither mounts nor stages anything.
+            src = self.source_image(state.expand(source_from, ins), ins)
+            from_inputs = {
+                "args": [*sources, dest_word],
+                "workdir": state.workdir,
+                "owner": [uid, gid],
+                "chmod": chmod,
+                "flags": flags,
+                "from": _core.chain_id(list(src.diff_ids)) if src.layers else "scratch",
+            }
+            layer = self.cached(stage, ins, from_inputs, lambda: write(from_inputs))
+        else:
+            layer = write(None)
         shown = ["--parents"] if parents else []
         shown += [f"--chown={chown}"] if chown else []
         shown += [f"--chmod={chmod_text}"] if chmod_text else []
@@ -799,6 +864,14 @@ class _Build:
         return image.append(
             layer, created_by=created_by, comment=BUILDKIT_COMMENT, created=self.created()
         )
+
+    def source_image(self, ref: str, ins: Instruction) -> Image:
+        """The image ``--from=ref`` names: an earlier stage (by name or index), else an image
+        from the store or a registry."""
+        for s in self.plan.stages:
+            if (s.name == ref.lower() or str(s.index) == ref) and s.index in self.images:
+                return self.images[s.index]
+        return self.image(ref, ins)
 
     def needs_tree(self, stage: Stage, ins: Instruction) -> bool:
         """Whether a RUN of ``stage`` after ``ins``, or another stage, will look at the tree."""
@@ -1034,8 +1107,6 @@ class _Build:
         for a bind mount what it binds: the checksum of the context's files there (ignored
         ones too: a change to them can only cost a miss), or the key of the stage it comes
         from. A cache mount's contents and a secret's never enter a key."""
-        from layercore.build.checksum import checksum_sources, walk_sources
-
         out: list[Any] = []
         for spec in ins.flag_values("mount"):
             text = state.expand(spec, ins)
@@ -1705,6 +1776,41 @@ def _stage_entry(source: Path, target: Path) -> None:
         if target.exists():
             target.unlink()
         _link_or_copy(source, target)
+
+
+def _plan_tree(
+    source: Path, rel: str, ignore: IgnoreRules, excludes: IgnoreRules
+) -> list[tuple[Path, str]]:
+    """What :func:`_stage_tree` would stage from the directory ``source`` (``rel`` in its
+    root): each kept entry and its name in the staging directory, nothing written."""
+    prefix = "" if rel == "." else rel.rstrip("/") + "/"
+
+    def skipped(inner: str, directory: bool) -> bool:
+        for rules, path in ((ignore, prefix + inner), (excludes, inner)):
+            if rules and rules.ignored(path) and not (directory and rules.may_hold_kept(path)):
+                return True
+        return False
+
+    out: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(source):
+        here = Path(dirpath)
+        inner_dir = here.relative_to(source).as_posix()
+        base = "" if inner_dir == "." else inner_dir + "/"
+        kept = []
+        for name in sorted(dirnames):
+            child = here / name
+            if skipped(base + name, directory=True):
+                continue
+            out.append((child, base + name))
+            if not child.is_symlink():
+                kept.append(name)
+        dirnames[:] = kept
+        out.extend(
+            (here / name, base + name)
+            for name in filenames
+            if not skipped(base + name, directory=False)
+        )
+    return out
 
 
 def _stage_tree(
