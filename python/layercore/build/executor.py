@@ -1818,36 +1818,16 @@ def _stage_tree(
 ) -> None:
     """The contents of the directory ``source`` (``rel`` in its root) merged into ``staging``;
     what ``ignore`` (paths from the root) or ``excludes`` (paths from ``source``) leave out is
-    skipped; directory modes and mtimes are copied once their contents are in."""
-    prefix = "" if rel == "." else rel.rstrip("/") + "/"
-
-    def skipped(inner: str, directory: bool) -> bool:
-        for rules, path in ((ignore, prefix + inner), (excludes, inner)):
-            if rules and rules.ignored(path) and not (directory and rules.may_hold_kept(path)):
-                return True
-        return False
-
+    skipped (:func:`_plan_tree`); directory modes and mtimes are copied once their contents
+    are in."""
     dirs: list[tuple[Path, os.stat_result]] = [(staging, source.stat())]
-    for dirpath, dirnames, filenames in os.walk(source):
-        here = Path(dirpath)
-        inner_dir = here.relative_to(source).as_posix()
-        base = "" if inner_dir == "." else inner_dir + "/"
-        out_dir = staging / base if base else staging
-        kept = []
-        for name in sorted(dirnames):
-            child = here / name
-            if skipped(base + name, directory=True):
-                continue
-            if child.is_symlink():
-                _stage_entry(child, out_dir / name)
-                continue
-            (out_dir / name).mkdir(exist_ok=True)
-            dirs.append((out_dir / name, child.stat()))
-            kept.append(name)
-        dirnames[:] = kept
-        for name in filenames:
-            if not skipped(base + name, directory=False):
-                _stage_entry(here / name, out_dir / name)
+    for path, name in _plan_tree(source, rel, ignore, excludes):
+        target = staging / name
+        if path.is_dir() and not path.is_symlink():
+            target.mkdir(exist_ok=True)
+            dirs.append((target, path.stat()))
+        else:
+            _stage_entry(path, target)
     for path, st in reversed(dirs):
         _copy_dir_attrs(path, st)
 
