@@ -192,3 +192,31 @@ def test_compression_and_source_date_epoch_are_part_of_the_key(tmp_path: Path) -
     later = layercore.build(ctx, store=store, source_date_epoch=EPOCH + 100)
     assert not any(cached for _, cached, _ in steps(later))
     assert layercore.build(ctx, store=store, source_date_epoch=EPOCH).digest == gz.digest
+
+
+def test_a_locked_cache_mount_serialises_concurrent_builds(tmp_path: Path) -> None:
+    """Two builds in two processes share a cache mount with ``sharing=locked``: the second
+    step waits for the first, so their lines in the shared file never interleave; the file
+    persists in the store."""
+    store = busybox_store(tmp_path)
+    contexts = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        contexts.append(
+            context(
+                tmp_path / name,
+                f"""
+                FROM busybox:test
+                RUN --mount=type=cache,id=shared,target=/cache,sharing=locked \\
+                    echo {name}-start >> /cache/log && sleep 1 && echo {name}-end >> /cache/log
+                """,
+            )
+        )
+    command = [sys.executable, "-m", "layercore", "--store", str(store.root), "build"]
+    procs = [subprocess.Popen([*command, str(c)], stderr=subprocess.PIPE) for c in contexts]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    cache = store.cache_mount("shared")
+    lines = (cache / "log").read_text().split()
+    assert sorted(lines) == ["one-end", "one-start", "two-end", "two-start"]
+    first = lines[0].split("-")[0]
+    assert lines[:2] == [f"{first}-start", f"{first}-end"]
