@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import layercore
@@ -220,3 +221,60 @@ def test_a_locked_cache_mount_serialises_concurrent_builds(tmp_path: Path) -> No
     assert sorted(lines) == ["one-end", "one-start", "two-end", "two-start"]
     first = lines[0].split("-")[0]
     assert lines[:2] == [f"{first}-start", f"{first}-end"]
+
+
+def test_no_cache_filter_reruns_one_stage(tmp_path: Path) -> None:
+    """--no-cache-filter STAGE runs that stage's steps again and leaves the others to the
+    cache; a stage rebuilt to the same tree keeps the COPY --from after it a hit."""
+    store = busybox_store(tmp_path)
+    ctx = context(
+        tmp_path,
+        """
+        FROM busybox:test AS build
+        COPY app/ /app/
+        RUN echo built > /app/out.txt
+        FROM busybox:test
+        COPY --from=build /app /srv
+        """,
+        FILES,
+    )
+    first = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    again = layercore.build(ctx, store=store, source_date_epoch=EPOCH, no_cache=["build"])
+    assert [(s.stage, s.cached, s.reason) for s in again.steps if s.layer] == [
+        ("build", False, "--no-cache-filter build"),
+        ("build", False, "--no-cache-filter build"),
+        ("1", True, None),
+    ]
+    assert again.digest == first.digest
+    command = [sys.executable, "-m", "layercore", "--store", str(store.root), "build"]
+    done = subprocess.run(
+        [*command, "--no-cache-filter", "1", "--json", str(ctx)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    final = [s for s in json.loads(done.stdout)["steps"] if s["stage"] == "1"]
+    assert [s["reason"] for s in final] == ["--no-cache-filter 1"]
+
+
+def test_copy_link_does_not_depend_on_the_layers_below(tmp_path: Path) -> None:
+    """COPY --link's layer is made without looking at the image below, so it stays a hit when
+    a step before it changes (a plain COPY misses with "parent changed")."""
+    store = busybox_store(tmp_path)
+    dockerfile = """
+        FROM busybox:test
+        RUN echo {word} > /word
+        COPY --link app/ /srv/app/
+        COPY app/a.txt /plain.txt
+        """
+    ctx = context(tmp_path, dockerfile.format(word="one"), FILES)
+    layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    (ctx / "Dockerfile").write_text(textwrap.dedent(dockerfile.format(word="two")).lstrip())
+    result = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    assert [(s.line, s.cached, s.reason) for s in result.steps if s.layer] == [
+        (2, False, "instruction changed: RUN echo one > /word → RUN echo two > /word"),
+        (3, True, None),
+        (4, False, "parent changed (line 2)"),
+    ]
+    image = store.load(result.digest)
+    assert image.stack.read("srv/app/a.txt") == b"alpha\n" and image.stack.read("word") == b"two\n"
+    srv = image.stack.lookup("srv")
+    assert srv is not None and (srv.kind, srv.mode & 0o777, srv.uid) == ("dir", 0o755, 0)

@@ -153,7 +153,7 @@ def build(
     store: Store | None = None,
     source_date_epoch: int | None = None,
     compression: Compression = "gzip",
-    no_cache: bool = False,
+    no_cache: bool | Sequence[str] = False,
     progress: Progress | None = None,
     secrets: Mapping[str, StrPath] | None = None,
 ) -> BuildResult:
@@ -166,7 +166,9 @@ def build(
     Steps that write a layer (``WORKDIR``, ``COPY``, ``ADD``, ``RUN``) are looked up in the
     store's build cache by a key of their parent's key and their inputs (for ``COPY`` and
     ``ADD``, the checksum of what they select; never an mtime); a hit reuses the layer, a miss
-    says why in its step's ``reason``. ``no_cache`` runs every step (and still records them).
+    says why in its step's ``reason``. ``no_cache=True`` runs every step (and still records
+    them); a list of stage names or indexes runs every step of those stages only
+    (``--no-cache-filter``).
     Raises :class:`~layercore.errors.DockerfileError` for a
     Dockerfile at fault and :class:`~layercore.errors.BuildError` for a step that failed;
     nothing is tagged then."""
@@ -246,10 +248,13 @@ class _Build:
         compression: Compression,
         progress: Progress,
         secrets: dict[str, Path],
-        no_cache: bool = False,
+        no_cache: bool | Sequence[str] = False,
     ) -> None:
         self.store = store
-        self.no_cache = no_cache
+        self.no_cache = no_cache is True
+        self.no_cache_stages = (
+            set() if isinstance(no_cache, bool) else {str(s).lower() for s in no_cache}
+        )
         self.stage_keys: dict[int, str] = {}  # stage -> the cache key of its last step
         # stage -> (key, the line of its first miss, whether that miss had no record at all)
         self.chain: dict[int, tuple[str, int | None, bool]] = {}
@@ -395,27 +400,35 @@ class _Build:
         make: Callable[[], Layer],
         *,
         cacheable: str | None = None,
+        linked: bool = False,
     ) -> Layer:
         """The step's layer: from the build cache when a record has its key (the parent's key
         and ``inputs``, less ``files``), else made by ``make`` and recorded. ``cacheable``, when
-        given, is why this step is never looked up. The outcome (hit, or the reason for the
-        miss) goes to the step's :class:`BuildStep`."""
-        parent, missed, fresh = self.chain[stage.index]
+        given, is why this step is never looked up. A ``linked`` step (``COPY --link``) makes a
+        layer that does not depend on the ones below, so its key leaves the parent out (the
+        steps after it still follow both). The outcome (hit, or the reason for the miss) goes
+        to the step's :class:`BuildStep`."""
+        chained, missed, fresh = self.chain[stage.index]
+        parent = _LINKED if linked else chained
         text = " ".join(ins.text.split()) if "\n" not in ins.text else ins.text
         key = _key({"parent": parent, "keyword": ins.keyword,
                     **{k: v for k, v in inputs.items() if k != "files"}})  # fmt: skip
-        record = None if self.no_cache or cacheable else self.store.cache_record(key)
+        after = _key({"parent": chained, "linked": key}) if linked else key
+        forced = self.no_cache or {stage.name or "", str(stage.index)} & self.no_cache_stages
+        record = None if forced or cacheable else self.store.cache_record(key)
         if record is not None:
             d = record["layer"]
             layer = Layer.open(
                 self.store.blob_path(d["digest"]), digest=d["digest"], diff_id=d["diff_id"]
             )
             self.outcome[(stage.label, ins.line)] = (True, None, (), 0)
-            self.chain[stage.index] = (key, missed, fresh)
+            self.chain[stage.index] = (after, missed, fresh)
             return layer
         evidence: list[str]
         if self.no_cache:
             reason, evidence, count = "--no-cache", [], 0
+        elif forced:
+            reason, evidence, count = f"--no-cache-filter {stage.label}", [], 0
         elif cacheable:
             reason, evidence, count = cacheable, [], 0
         else:
@@ -436,7 +449,7 @@ class _Build:
         self.outcome[(stage.label, ins.line)] = (False, reason, tuple(evidence[:10]), count)
         if missed is None:
             missed, fresh = ins.line, reason == _NO_RECORD
-        self.chain[stage.index] = (key, missed, fresh)
+        self.chain[stage.index] = (after, missed, fresh)
         return layer
 
     def explain(
@@ -682,6 +695,7 @@ class _Build:
         excludes = IgnoreRules([state.expand(e, ins) for e in ins.flag_values("exclude")])
         source_from = ins.flag("from")
         flags = sorted(f for f in ins.flags if not f.startswith(("--chown", "--chmod")))
+        link = ins.flag("link") not in (None, "false")
 
         def write(key_inputs: Mapping[str, Any] | None) -> Layer:
             """Selects, stages and writes the layer; without ``key_inputs`` (sources from the
@@ -741,7 +755,13 @@ class _Build:
             single_dir = single is not None and (is_dir(single) or single in archives)
             into_dir = named_dir or len(matches) > 1 or single_dir
             under = dest.strip("/") if into_dir else posixpath.dirname(dest).strip("/")
-            dirs = self.dir_attrs(image, under, uid, gid)
+            if link:
+                # --link: the layer does not look at the image below; the directories on the
+                # way are made as new ones (BuildKit's copy onto scratch, then merged).
+                new = DirAttrs(0o755, uid, gid, self.created())
+                dirs = [new] * len([p for p in under.split("/") if p])
+            else:
+                dirs = self.dir_attrs(image, under, uid, gid)
 
             def stage_into(staging: Path) -> None:
                 for rel, heredoc_name in matches:
@@ -834,12 +854,16 @@ class _Build:
                         plan.append((source, name))
                 plan.sort(key=lambda entry: entry[1])
                 selected = checksum_sources(plan, cache=self.store.stat_cache_path())
-                return self.cached(stage, ins, inputs_of(selected), staged_and_written)
+                return self.cached(stage, ins, inputs_of(selected), staged_and_written, linked=link)
             with self.store.workspace("copy") as staging:
                 stage_into(staging)
                 staged = sorted(walk_sources(staging), key=lambda entry: entry[1])
                 return self.cached(
-                    stage, ins, inputs_of(checksum_sources(staged)), lambda: written(staging)
+                    stage,
+                    ins,
+                    inputs_of(checksum_sources(staged)),
+                    lambda: written(staging),
+                    linked=link,
                 )
 
         if source_from is not None:
@@ -853,8 +877,10 @@ class _Build:
                 "chmod": chmod,
                 "flags": flags,
                 "from": _core.chain_id(list(src.diff_ids)) if src.layers else "scratch",
+                # Whether the destination is a directory below decides where the files go.
+                "dest_is_dir": self.dest_is_dir(image, state, dest_word),
             }
-            layer = self.cached(stage, ins, from_inputs, lambda: write(from_inputs))
+            layer = self.cached(stage, ins, from_inputs, lambda: write(from_inputs), linked=link)
         else:
             layer = write(None)
         shown = ["--parents"] if parents else []
@@ -864,6 +890,12 @@ class _Build:
         return image.append(
             layer, created_by=created_by, comment=BUILDKIT_COMMENT, created=self.created()
         )
+
+    def dest_is_dir(self, image: Image, state: StageState, dest_word: str) -> bool:
+        dest = dest_word if dest_word.startswith("/") else posixpath.join(state.workdir, dest_word)
+        rel = posixpath.normpath("/" + dest).strip("/")
+        found = self.lookup(image, rel) if rel else None
+        return found is not None and found.kind == "dir"
 
     def source_image(self, ref: str, ins: Instruction) -> Image:
         """The image ``--from=ref`` names: an earlier stage (by name or index), else an image
@@ -1686,6 +1718,8 @@ def _overlay_works() -> bool:
 
 
 _NO_RECORD = "no cache record for this step"
+#: The parent key of every ``COPY --link`` step: its layer does not depend on the ones below.
+_LINKED = "sha256:" + "0" * 64
 
 
 def _key(obj: Mapping[str, Any]) -> str:

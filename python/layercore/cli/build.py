@@ -70,6 +70,13 @@ def register(commands: Commands) -> None:
         "--no-cache", action="store_true", help="run every step, whatever the build cache holds"
     )
     p.add_argument(
+        "--no-cache-filter",
+        metavar="STAGE",
+        action="append",
+        default=[],
+        help="run every step of this stage (name or index), whatever the build cache holds",
+    )
+    p.add_argument(
         "--explain",
         action="store_true",
         help="print why each step was or was not taken from the build cache",
@@ -294,7 +301,7 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
             store=session.store,
             source_date_epoch=args.source_date_epoch,
             compression=args.compression,
-            no_cache=args.no_cache,
+            no_cache=True if args.no_cache else args.no_cache_filter,
             progress=display if display is not None else _Printer(mode, sys.stderr),
             secrets=secrets,
         )
