@@ -27,6 +27,13 @@ DOCKERFILE = """
     RUN echo done > done.txt
     """
 FILES = {"app/a.txt": "alpha\n", "app/sub/b.txt": "beta\n"}
+TWO_STAGES = """
+    FROM busybox:test AS build
+    COPY app/ /app/
+    RUN echo built > /app/out.txt
+    FROM busybox:test
+    COPY --from=build /app /srv
+    """
 
 
 def steps(result: BuildResult) -> list[tuple[int, bool, str | None]]:
@@ -160,17 +167,7 @@ def test_copy_from_a_stage_is_keyed_by_its_tree(tmp_path: Path) -> None:
     """COPY --from a stage hits while the stage's tree (its chain_id) is the same, without
     looking at it, and misses when the stage changed."""
     store = busybox_store(tmp_path)
-    ctx = context(
-        tmp_path,
-        """
-        FROM busybox:test AS build
-        COPY app/ /app/
-        RUN echo built > /app/out.txt
-        FROM busybox:test
-        COPY --from=build /app /srv
-        """,
-        FILES,
-    )
+    ctx = context(tmp_path, TWO_STAGES, FILES)
     first = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
     again = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
     assert all(cached for _, cached, _ in steps(again)) and again.digest == first.digest
@@ -227,17 +224,7 @@ def test_no_cache_filter_reruns_one_stage(tmp_path: Path) -> None:
     """--no-cache-filter STAGE runs that stage's steps again and leaves the others to the
     cache; a stage rebuilt to the same tree keeps the COPY --from after it a hit."""
     store = busybox_store(tmp_path)
-    ctx = context(
-        tmp_path,
-        """
-        FROM busybox:test AS build
-        COPY app/ /app/
-        RUN echo built > /app/out.txt
-        FROM busybox:test
-        COPY --from=build /app /srv
-        """,
-        FILES,
-    )
+    ctx = context(tmp_path, TWO_STAGES, FILES)
     first = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
     again = layercore.build(ctx, store=store, source_date_epoch=EPOCH, no_cache=["build"])
     assert [(s.stage, s.cached, s.reason) for s in again.steps if s.layer] == [
