@@ -265,3 +265,33 @@ def test_copy_link_does_not_depend_on_the_layers_below(tmp_path: Path) -> None:
     assert image.stack.read("srv/app/a.txt") == b"alpha\n" and image.stack.read("word") == b"two\n"
     srv = image.stack.lookup("srv")
     assert srv is not None and (srv.kind, srv.mode & 0o777, srv.uid) == ("dir", 0o755, 0)
+
+
+def test_prune_trims_the_cache(tmp_path: Path) -> None:
+    """prune removes records (least recently used first) and then the layers nothing uses:
+    by default only records whose layer no image has; --until spares recent ones;
+    --keep-storage stops at a size; --all takes the rest."""
+    store = busybox_store(tmp_path)
+    ctx = context(tmp_path, TWO_STAGES, FILES)
+    layercore.build(ctx, store=store, tags=["app:1"], source_date_epoch=EPOCH)
+    records = store.root / ".layercore" / "buildcache" / "steps"
+    assert len(list(records.iterdir())) == 3
+    assert store.prune_cache(until=3600).records == 0  # all used just now
+    assert store.prune_cache(all_records=True, keep_storage=10**9).records == 0
+    # Default: the build stage's two records (their layers are in no image) go, with them.
+    report = store.prune_cache()
+    assert report.records == 2 and report.bytes_freed > 0 and len(list(records.iterdir())) == 1
+    again = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    assert [(s.stage, s.cached) for s in again.steps if s.layer] == [
+        ("build", False), ("build", False), ("1", True)
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "layercore", "--store", str(store.root), "prune"]
+    done = subprocess.run([*command, "--all", "--json"], capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads(done.stdout)["records"] == 3
+    assert list(records.iterdir()) == []
+    assert store.load("app:1").stack.read("srv/out.txt") == b"built\n"  # images keep theirs
+    for bad in (["--keep-storage", "lots"], ["--until", "soon"]):
+        assert subprocess.run([*command, *bad], capture_output=True).returncode == 2
+    plain = subprocess.run([*command, "--keep-storage", "1.5GiB", "--until", "1h30m"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert plain.returncode == 0 and "removed 0 cache records" in plain.stdout

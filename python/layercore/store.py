@@ -30,6 +30,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -88,6 +89,14 @@ _PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
 _MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 _INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 _EMPTY_INDEX = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :meth:`Store.prune_cache` removed: build cache records, and the bytes it freed."""
+
+    records: int
+    bytes_freed: int
 
 
 @dataclass(frozen=True)
@@ -516,7 +525,11 @@ class Store:
         layer = record.get("layer") if isinstance(record, dict) else None
         if layer is not None and not (isinstance(layer, dict) and self.has_blob(layer["digest"])):
             return None
-        return record if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            return None
+        with suppress(OSError):
+            os.utime(self._records / _hex(key))  # last used: prune trims the oldest first
+        return record
 
     def put_cache_record(self, key: str, parent: str, record: Mapping[str, Any]) -> None:
         """Keeps ``record`` (a step's result: its layer, its inputs for explaining a later
@@ -549,6 +562,65 @@ class Store:
             if isinstance(record, dict):
                 out.append(record)
         return out
+
+    def prune_cache(
+        self,
+        *,
+        all_records: bool = False,
+        keep_storage: int | None = None,
+        until: float | None = None,
+    ) -> PruneReport:
+        """Removes build cache records, least recently used first, then the layers nothing
+        uses any more (:meth:`gc`). By default only records whose layer no image in the
+        index has; ``all_records`` takes every record. ``until`` (seconds) spares records used more
+        recently than that; ``keep_storage`` (bytes) stops once the records left name at most
+        that many bytes of layers."""
+        found = []
+        try:
+            paths = list(self._records.iterdir())
+        except OSError:
+            paths = []
+        for path in paths:
+            try:
+                record = json.loads(path.read_text())
+                used = path.stat().st_mtime
+            except (OSError, ValueError):
+                continue
+            layer = record.get("layer") if isinstance(record, dict) else None
+            digest = layer.get("digest") if isinstance(layer, dict) else None
+            if isinstance(digest, str):
+                found.append((used, path, record, digest))
+        found.sort(key=lambda item: item[0])
+        in_images = set(self._reachable(self._read_index()["manifests"]))
+        sizes = {d: self._blob_size(d) for _, _, _, d in found}
+        kept_bytes = sum(sizes[d] for d in {d for _, _, _, d in found})
+        now = time.time()
+        removed = 0
+        left = {d: sum(1 for *_, x in found if x == d) for d in sizes}
+        for used, path, record, digest in found:
+            if keep_storage is not None and kept_bytes <= keep_storage:
+                break
+            if not all_records and digest in in_images:
+                continue
+            if until is not None and now - used < until:
+                continue
+            path.unlink(missing_ok=True)
+            parent = record.get("parent")
+            if isinstance(parent, str) and _DIGEST.fullmatch(parent):
+                child = self._private / "buildcache" / "children" / _hex(parent) / path.name
+                child.unlink(missing_ok=True)
+            removed += 1
+            left[digest] -= 1
+            if not left[digest]:
+                kept_bytes -= sizes[digest]
+        report = self.gc()
+        return PruneReport(removed, report.bytes_freed)
+
+    def _blob_size(self, digest: str) -> int:
+        try:
+            return self.blob_path(digest).stat().st_size
+        except (OSError, ValueError):
+            return 0
 
     def _cached_layers(self) -> set[str]:
         """The layer digests build cache records name (gc keeps them)."""

@@ -7,6 +7,7 @@ It may import the errors, ``cli.session``, ``cli.output`` and ``cli.parser``.
 from __future__ import annotations
 
 import argparse
+import re
 
 from layercore.cli.output import borderless_table, human_size, plural, short_digest
 from layercore.cli.parser import Commands
@@ -17,7 +18,7 @@ __all__ = ["register"]
 
 
 def register(commands: Commands) -> None:
-    """Adds ``tag``, ``rm``, ``gc``, ``du`` and ``verify``."""
+    """Adds ``tag``, ``rm``, ``gc``, ``prune``, ``du`` and ``verify``."""
     p = commands.add(
         "tag",
         _cmd_tag,
@@ -43,6 +44,30 @@ def register(commands: Commands) -> None:
         "Deletes every blob that no image in the store references.",
         ["layercore gc", "layercore gc --json"],
         json=True,
+    )
+    p = commands.add(
+        "prune",
+        _cmd_prune,
+        "trim the build cache",
+        """
+        Removes build cache records, least recently used first, then the layers nothing
+        uses any more. By default only the records whose layer no image has; --all takes
+        them all; --until spares the ones used more recently; --keep-storage stops once the
+        records left name at most SIZE of layers.
+        """,
+        [
+            "layercore prune",
+            "layercore prune --all",
+            "layercore prune --keep-storage 5GB --until 24h",
+        ],
+        json=True,
+    )
+    p.add_argument("--all", action="store_true", help="consider every record")
+    p.add_argument(
+        "--keep-storage", metavar="SIZE", type=_size, help="keep up to SIZE (10GB, 512MiB, ...)"
+    )
+    p.add_argument(
+        "--until", metavar="DURATION", type=_duration, help="only records unused for DURATION"
     )
     commands.add(
         "du",
@@ -100,6 +125,40 @@ def _cmd_gc(args: argparse.Namespace, session: Session) -> int:
     else:
         removed = plural(len(report.removed), "blob")
         session.print(f"removed {removed}, freed {human_size(report.bytes_freed)}")
+    return 0
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _size(text: str) -> int:
+    """``10GB``, ``512MiB``, ``1.5gb``, ``4096`` as bytes."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (write 10GB, 512MiB, 4096)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _duration(text: str) -> float:
+    """``90s``, ``30m``, ``24h``, ``7d``, ``2w`` (or several: ``1h30m``) as seconds."""
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)([smhdw])", text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (write 24h, 30m, 7d)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def _cmd_prune(args: argparse.Namespace, session: Session) -> int:
+    with session.progress("trimming the build cache"):
+        report = session.store.prune_cache(
+            all_records=args.all, keep_storage=args.keep_storage, until=args.until
+        )
+    if session.json:
+        session.emit_json({"records": report.records, "bytes_freed": report.bytes_freed})
+    else:
+        records = plural(report.records, "cache record")
+        session.print(f"removed {records}, freed {human_size(report.bytes_freed)}")
     return 0
 
 
