@@ -31,6 +31,12 @@
 
 History entries are BuildKit's (``comment: buildkit.dockerfile.v0``); ``source_date_epoch``
 sets every ``created`` and clamps the mtimes the layers carry.
+
+Steps that write a layer go through the **build cache** (:meth:`_Build.cached`): a key of the
+parent's key and the step's inputs (a ``COPY``'s by the checksum of what it selects, never an
+mtime; a ``COPY --from`` by the source's chain_id), a record in the store per key, a hit
+reusing the recorded layer, and every miss explained from the records that followed the
+same parent.
 """
 
 from __future__ import annotations
