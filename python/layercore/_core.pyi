@@ -19,6 +19,7 @@ __all__ = [
     "build_layer_from_dir",
     "build_profile",
     "chain_id",
+    "checksum_sources",
     "copy_blob",
     "describe_layer",
     "diff_dirs",
