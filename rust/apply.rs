@@ -776,18 +776,24 @@ impl Applier {
         let path = join(dir, target);
         let cname = CString::new(target).expect("checked for NUL");
         if self.options.overlay.is_some() {
-            return self.overlay_whiteout(dfd, &cname, path);
+            return self.overlay_whiteout(dfd, dir, &cname, path);
         }
         self.prune(dfd, dir, &cname, &path)
     }
 
     /// An overlayfs whiteout: a character device 0/0 at `path`, unless this layer wrote the
     /// path (its own entry wins, whatever the archive order).
-    fn overlay_whiteout(&mut self, dfd: RawFd, name: &CStr, path: Vec<u8>) -> Result<()> {
+    fn overlay_whiteout(
+        &mut self,
+        dfd: RawFd,
+        dir: &[u8],
+        name: &CStr,
+        path: Vec<u8>,
+    ) -> Result<()> {
         if self.layer.created.contains(&path) {
             return Ok(());
         }
-        self.touch(dfd, split_parent(&path).0)?;
+        self.touch(dfd, dir)?;
         // SAFETY: `name` is NUL-terminated.
         match cvt(unsafe { libc::mknodat(dfd, name.as_ptr(), libc::S_IFCHR, 0) }) {
             Ok(()) => {}
@@ -1279,20 +1285,25 @@ impl Applier {
             return cvt(unsafe { libc::fsetxattr(fd, key.as_ptr(), b"y".as_ptr().cast(), 1, 0) })
                 .map_err(|e| err(self, e));
         }
-        let proc = {
-            let (dir, name) = split_parent(path);
-            let Some(parent) = self.resolve(dir, Parents::Existing)? else {
-                return Ok(());
-            };
-            let dfd = self.fd_of(&parent);
-            let cname = CString::new(name).expect("checked for NUL");
-            match stat_at(dfd, &cname) {
-                Ok(st) if is_dir(&st) => {}
-                _ => return Ok(()),
-            }
-            proc_path(dfd, &cname)
+        let Some((dfd, cname)) = self.existing_dir(path)? else {
+            return Ok(());
         };
-        lset_xattr(&proc, key, b"y").map_err(|e| err(self, e))
+        lset_xattr(&proc_path(dfd, &cname), key, b"y").map_err(|e| err(self, e))
+    }
+
+    /// The directory at `path` (not the root) as its parent's descriptor and its name, valid
+    /// until the next `resolve`; `None` if it was removed or replaced by a non-directory.
+    fn existing_dir(&mut self, path: &[u8]) -> Result<Option<(RawFd, CString)>> {
+        let (dir, name) = split_parent(path);
+        let Some(parent) = self.resolve(dir, Parents::Existing)? else {
+            return Ok(None);
+        };
+        let dfd = self.fd_of(&parent);
+        let cname = CString::new(name).expect("checked for NUL");
+        match stat_at(dfd, &cname) {
+            Ok(st) if is_dir(&st) => Ok(Some((dfd, cname))),
+            _ => Ok(None),
+        }
     }
 
     fn fixup(&mut self, path: &[u8], fix: &Fixup) -> Result<()> {
@@ -1311,17 +1322,10 @@ impl Applier {
             }
             return Ok(());
         }
-        let (dir, name) = split_parent(path);
-        let Some(parent) = self.resolve(dir, Parents::Existing)? else {
+        // Removed or replaced later in the layer: nothing to fix.
+        let Some((dfd, cname)) = self.existing_dir(path)? else {
             return Ok(());
         };
-        let dfd = self.fd_of(&parent);
-        let cname = CString::new(name).expect("checked for NUL");
-        match stat_at(dfd, &cname) {
-            Ok(st) if is_dir(&st) => {}
-            // Removed or replaced later in the layer: nothing to fix.
-            _ => return Ok(()),
-        }
         if let Some(mode) = fix.mode {
             // Checked to be a directory just above, so following is moot.
             // SAFETY: `cname` is NUL-terminated.

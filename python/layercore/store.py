@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -315,10 +316,10 @@ class Store:
         """Writes the directory ``src`` as a layer straight into the store (see
         :meth:`Layer.from_dir <layercore.Layer.from_dir>` for the options); an identical blob
         already present is kept and the new one dropped."""
-        with self.writing(), self._new_layer() as tmp:
-            layer = Layer.from_dir(
+        return self._write_layer(
+            lambda out: Layer.from_dir(
                 src,
-                tmp,
+                out,
                 compression=compression,
                 level=level,
                 source_date_epoch=source_date_epoch,
@@ -328,7 +329,7 @@ class Store:
                 under_dirs=under_dirs,
                 chmod=chmod,
             )
-            return self._adopt(tmp, layer)
+        )
 
     def flatten(
         self,
@@ -575,28 +576,13 @@ class Store:
         index has; ``all_records`` takes every record. ``until`` (seconds) spares records used more
         recently than that; ``keep_storage`` (bytes) stops once the records left name at most
         that many bytes of layers."""
-        found = []
-        try:
-            paths = list(self._records.iterdir())
-        except OSError:
-            paths = []
-        for path in paths:
-            try:
-                record = json.loads(path.read_text())
-                used = path.stat().st_mtime
-            except (OSError, ValueError):
-                continue
-            layer = record.get("layer") if isinstance(record, dict) else None
-            digest = layer.get("digest") if isinstance(layer, dict) else None
-            if isinstance(digest, str):
-                found.append((used, path, record, digest))
-        found.sort(key=lambda item: item[0])
+        found = sorted(self._records_and_layers(), key=lambda item: item[0])
         in_images = set(self._reachable(self._read_index()["manifests"]))
-        sizes = {d: self._blob_size(d) for _, _, _, d in found}
-        kept_bytes = sum(sizes[d] for d in {d for _, _, _, d in found})
+        left = Counter(digest for *_, digest in found)  # records per layer
+        sizes = {d: self._blob_size(d) for d in left}
+        kept_bytes = sum(sizes.values())
         now = time.time()
         removed = 0
-        left = {d: sum(1 for *_, x in found if x == d) for d in sizes}
         for used, path, record, digest in found:
             if keep_storage is not None and kept_bytes <= keep_storage:
                 break
@@ -624,19 +610,24 @@ class Store:
 
     def _cached_layers(self) -> set[str]:
         """The layer digests build cache records name (gc keeps them)."""
-        found: set[str] = set()
+        return {digest for *_, digest in self._records_and_layers()}
+
+    def _records_and_layers(self) -> Iterator[tuple[float, Path, dict[str, Any], str]]:
+        """Each build cache record: when it was last used, its file, itself, its layer."""
         try:
             paths = list(self._records.iterdir())
         except OSError:
-            return found
+            return
         for path in paths:
             try:
-                layer = json.loads(path.read_text()).get("layer")
-            except (OSError, ValueError, AttributeError):
+                record = json.loads(path.read_text())
+                used = path.stat().st_mtime
+            except (OSError, ValueError):
                 continue
-            if isinstance(layer, dict) and isinstance(layer.get("digest"), str):
-                found.add(layer["digest"])
-        return found
+            layer = record.get("layer") if isinstance(record, dict) else None
+            digest = layer.get("digest") if isinstance(layer, dict) else None
+            if isinstance(digest, str):
+                yield used, path, record, digest
 
     # -- overlay snapshots --------------------------------------------------------------------
 
@@ -661,24 +652,19 @@ class Store:
         from layercore.extract import snapshot
 
         with self.writing():
-            paths = []
-            for i, layer in enumerate(layers):
-                chain = self._chain(layers[: i + 1])
-                if given and chain in given:
-                    paths.append(given[chain])
+            places = self._snapshot_places(layers, xattrs, given)
+            for layer, final in zip(layers, places, strict=True):
+                if final.is_dir():
                     continue
-                final = self._snapshot_path(chain, xattrs)
-                if not final.is_dir():
-                    final.parent.mkdir(exist_ok=True)
-                    tmp = self._tmp_path(".snapshot.d")
-                    try:
-                        snapshot(layer, tmp, xattrs=xattrs)
-                        self._place_snapshot(tmp, final)
-                    finally:
-                        if tmp.exists():
-                            _remove_tree(tmp)
-                paths.append(final)
-            return paths
+                final.parent.mkdir(exist_ok=True)
+                tmp = self._tmp_path(".snapshot.d")
+                try:
+                    snapshot(layer, tmp, xattrs=xattrs)
+                    self._place_snapshot(tmp, final)
+                finally:
+                    if tmp.exists():
+                        _remove_tree(tmp)
+            return places
 
     def existing_snapshots(
         self,
@@ -689,14 +675,17 @@ class Store:
     ) -> list[Path] | None:
         """The snapshots :meth:`snapshots` would give, if every one of them exists already (none
         is made); else ``None``."""
-        paths = []
-        for i in range(len(layers)):
-            chain = self._chain(layers[: i + 1])
-            path = given[chain] if given and chain in given else self._snapshot_path(chain, xattrs)
-            if not path.is_dir():
-                return None
-            paths.append(path)
-        return paths
+        places = self._snapshot_places(layers, xattrs, given)
+        return places if all(path.is_dir() for path in places) else None
+
+    def _snapshot_places(
+        self, layers: Sequence[Layer], xattrs: str, given: Mapping[str, Path] | None
+    ) -> list[Path]:
+        """Where each layer's snapshot is: ``given`` by its chain_id, else in the store."""
+        chains = _chains([layer.diff_id for layer in layers])
+        return [
+            given[c] if given and c in given else self._snapshot_path(c, xattrs) for c in chains
+        ]
 
     def commit_snapshot(
         self,
@@ -732,10 +721,10 @@ class Store:
     ) -> Layer:
         """Writes the overlayfs upper directory ``upper`` as a layer straight into the store
         (see :meth:`Layer.from_overlay_upper <layercore.Layer.from_overlay_upper>`)."""
-        with self.writing(), self._new_layer() as tmp:
-            layer = Layer.from_overlay_upper(
+        return self._write_layer(
+            lambda out: Layer.from_overlay_upper(
                 upper,
-                tmp,
+                out,
                 compression=compression,
                 level=level,
                 source_date_epoch=source_date_epoch,
@@ -743,7 +732,7 @@ class Store:
                 threads=threads,
                 lower=lower,
             )
-            return self._adopt(tmp, layer)
+        )
 
     @staticmethod
     def _chain(layers: Sequence[Layer]) -> str:
@@ -933,9 +922,8 @@ class Store:
                 continue  # not an image config (an artifact's)
             if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
                 continue
-            for i in range(len(diff_ids)):
-                with suppress(ValueError):
-                    keep.add(_hex(_core.chain_id(diff_ids[: i + 1])))
+            with suppress(ValueError):
+                keep.update(_hex(chain) for chain in _chains(diff_ids))
         freed = 0
         for entry in root.iterdir():
             if entry.name.removesuffix(".user") in keep:
@@ -1200,18 +1188,24 @@ class Store:
     ) -> Layer:
         """Writes the changeset from ``lower`` to the directory ``upper`` as a layer straight
         into the store (see :meth:`Layer.from_diff <layercore.Layer.from_diff>`)."""
-        with self.writing(), self._new_layer() as tmp:
-            layer = Layer.from_diff(
+        return self._write_layer(
+            lambda out: Layer.from_diff(
                 lower,
                 upper,
-                tmp,
+                out,
                 compression=compression,
                 level=level,
                 source_date_epoch=source_date_epoch,
                 owner=owner,
                 threads=threads,
             )
-            return self._adopt(tmp, layer)
+        )
+
+    def _write_layer(self, write: Callable[[Path], Layer]) -> Layer:
+        """The layer ``write`` makes at a temp path of the store (layercore's writer computes
+        the digest as it writes), moved into ``blobs/``."""
+        with self.writing(), self._new_layer() as tmp:
+            return self._adopt(tmp, write(tmp))
 
     @contextmanager
     def _new_layer(self) -> Iterator[Path]:
@@ -1605,6 +1599,11 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, onexc=retry)
     else:
         shutil.rmtree(path, onerror=retry)
+
+
+def _chains(diff_ids: Sequence[str]) -> list[str]:
+    """The chain_id of each prefix of a stack, bottom first (OCI image-spec)."""
+    return [_core.chain_id(list(diff_ids[: i + 1])) for i in range(len(diff_ids))]
 
 
 def _unmount_below(path: Path) -> None:

@@ -407,9 +407,11 @@ class _Build:
         *,
         cacheable: str | None = None,
         linked: bool = False,
+        files: Callable[[], dict[str, Any]] | None = None,
     ) -> Layer:
         """The step's layer: from the build cache when a record has its key (the parent's key
-        and ``inputs``, less ``files``), else made by ``make`` and recorded. ``cacheable``, when
+        and ``inputs``), else made by ``make`` and recorded with ``files()`` (a COPY's sources,
+        an entry a file, made only on a miss: they explain the next one). ``cacheable``, when
         given, is why this step is never looked up. A ``linked`` step (``COPY --link``) makes a
         layer that does not depend on the ones below, so its key leaves the parent out (the
         steps after it still follow both). The outcome (hit, or the reason for the miss) goes
@@ -417,8 +419,7 @@ class _Build:
         chained, missed, fresh = self.chain[stage.index]
         parent = _LINKED if linked else chained
         text = " ".join(ins.text.split()) if "\n" not in ins.text else ins.text
-        key = _key({"parent": parent, "keyword": ins.keyword,
-                    **{k: v for k, v in inputs.items() if k != "files"}})  # fmt: skip
+        key = _key({"parent": parent, "keyword": ins.keyword, **inputs})
         after = _key({"parent": chained, "linked": key}) if linked else key
         forced = self.no_cache or {stage.name or "", str(stage.index)} & self.no_cache_stages
         record = None if forced or cacheable else self.store.cache_record(key)
@@ -430,6 +431,8 @@ class _Build:
             self.outcome[(stage.label, ins.line)] = (True, None, (), 0)
             self.chain[stage.index] = (after, missed, fresh)
             return layer
+        if files is not None:
+            inputs = {**inputs, "files": files()}
         evidence: list[str]
         if self.no_cache:
             reason, evidence, count = "--no-cache", [], 0
@@ -702,10 +705,13 @@ class _Build:
         source_from = ins.flag("from")
         flags = sorted(f for f in ins.flags if not f.startswith(("--chown", "--chmod")))
         link = ins.flag("link") not in (None, "false")
+        dest = dest_word if dest_word.startswith("/") else posixpath.join(state.workdir, dest_word)
+        dest = "/" + posixpath.normpath(dest).lstrip("/") if dest != "/" else "/"
+        existing = self.lookup(image, dest.strip("/")) if dest != "/" else None
 
-        def write(key_inputs: Mapping[str, Any] | None) -> Layer:
-            """Selects, stages and writes the layer; without ``key_inputs`` (sources from the
-            context) the build cache is consulted once the selection's checksum is known."""
+        def write(keyed: bool) -> Layer:
+            """Selects, stages and writes the layer; unless ``keyed`` already (sources from the
+            context), the build cache is consulted once the selection's checksum is known."""
             if source_from is not None:
                 root, ignore = self.tree(state.expand(source_from, ins), ins), IgnoreRules()
             else:
@@ -725,11 +731,6 @@ class _Build:
                 except SourceNotFoundError as e:
                     raise self.fail(f"{ins.keyword} {src}: {e.message}", ins) from None
                 matches.extend((rel, None) for rel in found if not excludes.ignored(rel))
-            dest = (
-                dest_word if dest_word.startswith("/") else posixpath.join(state.workdir, dest_word)
-            )
-            dest = "/" + posixpath.normpath(dest).lstrip("/") if dest != "/" else "/"
-            existing = self.lookup(image, dest.strip("/")) if dest != "/" else None
 
             def is_dir(rel: str) -> bool:
                 path = root / rel if rel != "." else root
@@ -815,12 +816,7 @@ class _Build:
                     "chmod": chmod,
                     "flags": flags,
                     "sources": selected.digest,
-                    "files": {
-                        r.name: [r.kind, r.mode, f"{r.uid}:{r.gid}", r.size,
-                                 r.link.decode(errors="replace"), sorted(r.xattrs), r.content]
-                        for r in selected.records
-                    },
-                }  # fmt: skip
+                }
 
             def written(staging: Path) -> Layer:
                 layer = self.store.build_layer(
@@ -845,7 +841,7 @@ class _Build:
                     stage_into(staging)
                     return written(staging)
 
-            if key_inputs is not None:
+            if keyed:
                 return staged_and_written()
             if not parents and not archives and all(mark is None for _, mark in matches):
                 # Files of the context only: checksummed in place, through the store's stat
@@ -860,16 +856,25 @@ class _Build:
                         plan.append((source, name))
                 plan.sort(key=lambda entry: entry[1])
                 selected = checksum_sources(plan, cache=self.store.stat_cache_path())
-                return self.cached(stage, ins, inputs_of(selected), staged_and_written, linked=link)
-            with self.store.workspace("copy") as staging:
-                stage_into(staging)
-                staged = sorted(walk_sources(staging), key=lambda entry: entry[1])
                 return self.cached(
                     stage,
                     ins,
-                    inputs_of(checksum_sources(staged)),
+                    inputs_of(selected),
+                    staged_and_written,
+                    linked=link,
+                    files=lambda: _files_of(selected),
+                )
+            with self.store.workspace("copy") as staging:
+                stage_into(staging)
+                staged = sorted(walk_sources(staging), key=lambda entry: entry[1])
+                selected = checksum_sources(staged)
+                return self.cached(
+                    stage,
+                    ins,
+                    inputs_of(selected),
                     lambda: written(staging),
                     linked=link,
+                    files=lambda: _files_of(selected),
                 )
 
         if source_from is not None:
@@ -884,11 +889,11 @@ class _Build:
                 "flags": flags,
                 "from": _core.chain_id(list(src.diff_ids)) if src.layers else "scratch",
                 # Whether the destination is a directory below decides where the files go.
-                "dest_is_dir": self.dest_is_dir(image, state, dest_word),
+                "dest_is_dir": existing is not None and existing.kind == "dir",
             }
-            layer = self.cached(stage, ins, from_inputs, lambda: write(from_inputs), linked=link)
+            layer = self.cached(stage, ins, from_inputs, lambda: write(True), linked=link)
         else:
-            layer = write(None)
+            layer = write(False)
         shown = ["--parents"] if parents else []
         shown += [f"--chown={chown}"] if chown else []
         shown += [f"--chmod={chmod_text}"] if chmod_text else []
@@ -897,18 +902,19 @@ class _Build:
             layer, created_by=created_by, comment=BUILDKIT_COMMENT, created=self.created()
         )
 
-    def dest_is_dir(self, image: Image, state: StageState, dest_word: str) -> bool:
-        dest = dest_word if dest_word.startswith("/") else posixpath.join(state.workdir, dest_word)
-        rel = posixpath.normpath("/" + dest).strip("/")
-        found = self.lookup(image, rel) if rel else None
-        return found is not None and found.kind == "dir"
+    def stage_index(self, ref: str) -> int | None:
+        """The index of the stage ``ref`` names (its name or its index), if it does."""
+        for s in self.plan.stages:
+            if s.name == ref.lower() or str(s.index) == ref:
+                return s.index
+        return None
 
     def source_image(self, ref: str, ins: Instruction) -> Image:
         """The image ``--from=ref`` names: an earlier stage (by name or index), else an image
         from the store or a registry."""
-        for s in self.plan.stages:
-            if (s.name == ref.lower() or str(s.index) == ref) and s.index in self.images:
-                return self.images[s.index]
+        index = self.stage_index(ref)
+        if index is not None and index in self.images:
+            return self.images[index]
         return self.image(ref, ins)
 
     def needs_tree(self, stage: Stage, ins: Instruction) -> bool:
@@ -1007,10 +1013,7 @@ class _Build:
         """The extracted tree of a stage (by name or index) or an image, for ``--from``."""
         if ref in self.trees:
             return self.trees[ref]
-        index = None
-        for s in self.plan.stages:
-            if s.name == ref.lower() or str(s.index) == ref:
-                index = s.index
+        index = self.stage_index(ref)
         if index is not None and index in self.rootfs:
             # The stage ran a RUN: its root filesystem is there, brought up to date.
             path = self.rootfs_for(self.plan.stages[index], self.images[index])
@@ -1148,20 +1151,13 @@ class _Build:
         out: list[Any] = []
         for spec in ins.flag_values("mount"):
             text = state.expand(spec, ins)
-            opts = dict(part.strip().partition("=")[::2] for part in text.split(","))
+            opts = _mount_options(text)
             if opts.get("type", "bind") != "bind":
                 out.append(text)
                 continue
             ref = opts.get("from")
             if ref is not None:
-                index = next(
-                    (
-                        s.index
-                        for s in self.plan.stages
-                        if s.name == ref.lower() or str(s.index) == ref
-                    ),
-                    None,
-                )
+                index = self.stage_index(ref)
                 bound = self.stage_keys.get(index, ref) if index is not None else ref
                 out.append([text, bound])
                 continue
@@ -1331,10 +1327,7 @@ class _Build:
         a secret file given to the build. None of them enters the layer."""
         out = []
         for spec in ins.flag_values("mount"):
-            opts: dict[str, str] = {}
-            for part in state.expand(spec, ins).split(","):
-                key, sep, value = part.strip().partition("=")
-                opts[key.lower()] = value if sep else "true"
+            opts = _mount_options(state.expand(spec, ins))
             kind = opts.get("type", "bind")
             if kind not in ("bind", "cache", "tmpfs", "secret"):
                 raise self.fail(f"RUN --mount=type={kind} is not supported", ins)
@@ -1561,6 +1554,15 @@ def _chroot_command(
     return [*outer, "--", "/bin/sh", "-c", script, "sh", str(rootfs), *inner, "--", *argv]
 
 
+def _mount_options(text: str) -> dict[str, str]:
+    """A ``--mount`` spec (expanded) as options: keys lower case, a bare key ``true``."""
+    opts = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        opts[key.lower()] = value if sep else "true"
+    return opts
+
+
 def _in_overlay(command: list[str], ws: Path, options: str, *, userns: bool) -> list[str]:
     """``command`` run after an overlay is mounted on ``ws/merged`` with ``options`` (paths
     relative to ``ws``), in a private mount namespace (and, for a caller that is not root, a
@@ -1731,6 +1733,15 @@ _LINKED = "sha256:" + "0" * 64
 def _key(obj: Mapping[str, Any]) -> str:
     """A build cache key: the SHA-256 of the canonical JSON of ``obj``."""
     return sha256_digest(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _files_of(selected: SourceChecksum) -> dict[str, Any]:
+    """A COPY's sources as its cache record keeps them, to explain a later miss."""
+    return {
+        r.name: [r.kind, r.mode, f"{r.uid}:{r.gid}", r.size,
+                 r.link.decode(errors="replace"), sorted(r.xattrs), r.content]
+        for r in selected.records
+    }  # fmt: skip
 
 
 def _explain_files(
