@@ -32,18 +32,24 @@ def run(cmd: list[str], env: dict[str, str]) -> None:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr}")
 
 
+#: A contender's command: argv of a whole process, or a function called in this one.
+Command = list[str] | Callable[[], object]
+
+
 def paired(
     benchmark: Any,
     group: str,
     baseline: str,
     bytes_in: int,
-    setup: Callable[[str], tuple[list[str], list[str]]],
+    setup: Callable[[str], tuple[Command, Command]],
     env: dict[str, str],
     check: Callable[[], None] | None = None,
     pairs: int | None = None,
 ) -> None:
     """Alternates layercore's and the baseline's command, A B B A ...; ``setup(who)`` prepares
-    a round (untimed) and returns ``(layercore command, baseline command)``."""
+    a round (untimed) and returns ``(layercore command, baseline command)``. A command is a
+    process's argv, or a function called in this process (for a contender that is layercore
+    itself, where the interpreter's start would only add the same time to both)."""
     times: dict[str, list[float]] = {"layercore": [], "baseline": []}
     order = [("layercore", "baseline"), ("baseline", "layercore")]
     sequence = [who for i in range(pairs or PAIRS) for who in order[i % 2]]
@@ -57,7 +63,10 @@ def paired(
             os.sync()
         cmd = ours if who == "layercore" else theirs
         start = time.perf_counter()
-        run(cmd, env)
+        if callable(cmd):
+            cmd()
+        else:
+            run(cmd, env)
         times[who].append(time.perf_counter() - start)
         if who == "layercore" and check is not None:
             check()

@@ -5,7 +5,7 @@
 //! and the caller's `check` (Python's Ctrl-C) polled on the calling thread while they work.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -36,46 +36,61 @@ where
     let next = AtomicUsize::new(0);
     let mut results: Vec<Option<Result<T>>> = (0..n).map(|_| None).collect();
     let mut interrupted = None;
+    // Each worker keeps its results and hands them over when it ends; the calling thread wakes
+    // only when a worker ends or the poll interval passes (a wake-up per item would cost a
+    // futex call per item, more than hashing a small file).
+    let running = (Mutex::new(workers.clamp(1, n.max(1))), Condvar::new());
     thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel();
-        for _ in 0..workers.clamp(1, n.max(1)) {
-            let tx = tx.clone();
-            let (stop, next, job) = (&stop, &next, &job);
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let result = if stop.load(Ordering::Relaxed) {
-                    Err(Error::Interrupted)
-                } else {
-                    job(i, stop)
-                };
-                if result.is_err() {
-                    stop.store(true, Ordering::Relaxed);
-                }
-                if tx.send((i, result)).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        let mut pending = n;
-        while pending > 0 {
-            match rx.recv_timeout(POLL) {
-                Ok((i, result)) => {
-                    results[i] = Some(result);
-                    pending -= 1;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if interrupted.is_none() {
-                        if let Err(e) = check() {
-                            stop.store(true, Ordering::Relaxed);
-                            interrupted = Some(e);
+        let handles: Vec<_> = (0..workers.clamp(1, n.max(1)))
+            .map(|_| {
+                let (stop, next, job, running) = (&stop, &next, &job, &running);
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
                         }
+                        let result = if stop.load(Ordering::Relaxed) {
+                            Err(Error::Interrupted)
+                        } else {
+                            job(i, stop)
+                        };
+                        if result.is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        mine.push((i, result));
+                    }
+                    let (count, ended) = running;
+                    *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                    ended.notify_one();
+                    mine
+                })
+            })
+            .collect();
+        let (count, ended) = &running;
+        let mut left = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *left > 0 {
+            let (guard, timeout) = ended
+                .wait_timeout(left, POLL)
+                .unwrap_or_else(|e| e.into_inner());
+            left = guard;
+            if timeout.timed_out() && interrupted.is_none() {
+                if let Err(e) = check() {
+                    stop.store(true, Ordering::Relaxed);
+                    interrupted = Some(e);
+                }
+            }
+        }
+        drop(left);
+        for handle in handles {
+            match handle.join() {
+                Ok(mine) => {
+                    for (i, result) in mine {
+                        results[i] = Some(result);
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(panic) => std::panic::resume_unwind(panic),
             }
         }
     });

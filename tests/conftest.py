@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -107,3 +107,21 @@ def nobody_python(work: Path) -> tuple[list[str], dict[str, str]]:
     prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", python]
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(work)}
     return prefix, env
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[str]:
+    """A plain HTTP server on 127.0.0.1 serving tmp_path/www (with Last-Modified)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *_args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

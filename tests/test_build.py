@@ -8,7 +8,6 @@ import os
 import shutil
 import tarfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -527,24 +526,6 @@ def test_run_mounts_as_a_non_root_user(store: Store, tmp_path: Path) -> None:
     assert seen is not None and (seen.uid, seen.gid) == (1000, 1000)
     assert image.stack.read("tmp/seen") == b"seen\n" and image.stack.read("tmp/t-ls") == b"x\n"
     assert image.stack.lookup("mnt") is None and image.stack.lookup("t") is None
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[str]:
-    """A plain HTTP server on 127.0.0.1 serving tmp_path/www (with Last-Modified)."""
-    import functools
-    import http.server
-    import threading
-
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *_args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_add_of_a_url(store: Store, tmp_path: Path, web: str) -> None:

@@ -295,3 +295,69 @@ def test_prune_trims_the_cache(tmp_path: Path) -> None:
     plain = subprocess.run([*command, "--keep-storage", "1.5GiB", "--until", "1h30m"],
                            capture_output=True, text=True)  # fmt: skip
     assert plain.returncode == 0 and "removed 0 cache records" in plain.stdout
+
+
+def test_add_with_checksum_is_keyed_by_it_and_without_by_the_download(
+    tmp_path: Path, web: str
+) -> None:
+    """`ADD --checksum URL`: the checksum is the key, so a rebuild hits without downloading
+    (the server now sends other bytes, which would fail the checksum). Without --checksum
+    the downloaded content is the key: new bytes at the URL miss, and say which file."""
+    import hashlib
+
+    store = busybox_store(tmp_path)
+    served = tmp_path / "www" / "tool.bin"
+    served.write_bytes(b"version one\n")
+    digest = "sha256:" + hashlib.sha256(b"version one\n").hexdigest()
+    ctx = context(
+        tmp_path,
+        f"""
+        FROM busybox:test
+        ADD --checksum={digest} {web}/tool.bin /pinned.bin
+        ADD {web}/tool.bin /opt/
+        """,
+    )
+    first = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    assert [cached for _, cached, _ in steps(first)] == [False, False]
+    served.write_bytes(b"version TWO\n")
+    again = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
+    (pinned, _, _), (line, cached, reason) = steps(again)
+    assert [s.cached for s in again.steps if s.line == pinned] == [True]
+    assert (line, cached) == (3, False)
+    assert reason == f"ADD {web}/tool.bin /opt/: 1 file changed: tool.bin (content)"
+    image = store.load(again.digest)
+    assert image.stack.read("pinned.bin") == b"version one\n"
+    assert image.stack.read("opt/tool.bin") == b"version TWO\n"
+
+
+def test_run_mounts_in_the_key_and_in_the_reasons(tmp_path: Path) -> None:
+    """A bind mount adds the checksum of what it binds (a change names the mount); a cache
+    mount's contents never enter the key; a changed --mount spec is a changed instruction."""
+    store = busybox_store(tmp_path)
+    run = (
+        "RUN --mount=type=bind,source=conf,target=/conf "
+        "--mount=type=cache,target=/cache "
+        "cat /conf/x > /y && echo ran >> /cache/log"
+    )
+    ctx = context(tmp_path, f"FROM busybox:test\n{run}\n", {"conf/x": "one\n"})
+
+    def rebuild() -> tuple[bool, str | None]:
+        ((_, cached, reason),) = steps(layercore.build(ctx, store=store))
+        return cached, reason
+
+    assert rebuild() == (False, "no cache record for this step")
+    # The cache mount's contents changed (the step appended to it): still a hit.
+    assert len(store.cache_mount("/cache").joinpath("log").read_text().split()) == 1
+    assert rebuild() == (True, None)
+    (ctx / "conf" / "x").write_text("two\n")
+    assert rebuild() == (
+        False,
+        "bind mount /conf changed: what it binds (conf) changed",
+    )
+    assert rebuild() == (True, None)
+    (ctx / "Dockerfile").write_text(
+        f"FROM busybox:test\n{run.replace('target=/conf', 'target=/conf,ro')}\n"
+    )
+    cached, reason = rebuild()
+    assert not cached and reason is not None
+    assert reason.startswith("instruction changed: RUN --mount=type=bind,source=conf,target=/conf ")

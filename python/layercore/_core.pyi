@@ -1,11 +1,12 @@
 """Stubs for the Rust extension (checked against it by mypy.stubtest in `make test`)."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from os import PathLike
 from typing import Literal, final
 
 __all__ = [
     "CHUNK_SIZE",
+    "Checksum",
     "Digester",
     "Entry",
     "EntryIterator",
@@ -33,6 +34,7 @@ __all__ = [
     "squash_layers",
     "target",
     "verify_layer",
+    "walk_tree",
 ]
 __version__: str
 build_profile: str
@@ -64,9 +66,26 @@ def chain_id(diff_ids: list[str]) -> str: ...
 
 # --- build source checksums (rust/py/checksum.rs) ---
 
+@final
+class Checksum:
+    @property
+    def digest(self) -> str: ...
+    @property
+    def hashed(self) -> int: ...
+    @property
+    def cached(self) -> int: ...
+    @property
+    def hashed_bytes(self) -> int: ...
+    def __len__(self) -> int: ...
+    def records(self) -> list[dict[str, object]]: ...
+
 def checksum_sources(
-    sources: list[tuple[str, str]], *, cache: str | None = None, workers: int | None = None
-) -> tuple[list[dict[str, object]], dict[str, int]]: ...
+    sources: list[tuple[str, bytes, bool, Callable[[str, bool], bool] | None]],
+    *,
+    cache: str | None = None,
+    workers: int | None = None,
+) -> Checksum: ...
+def walk_tree(root: str, skip: Callable[[str, bool], bool] | None = None) -> list[str]: ...
 
 @final
 class Entry:

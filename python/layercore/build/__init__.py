@@ -10,7 +10,9 @@ This subpackage sits above the store and the registry client: it may import ``la
 - ``stages``: the stages, meta args, dependencies and target of a build (``plan_build``);
 - ``metadata``: what ``ENV``, ``ARG``, ``LABEL``, ``CMD`` ... do to a stage's config, and the
   history lines BuildKit writes for them (``StageState``);
-- ``executor``: the build itself (``build``, ``BuildResult``, ``BuildStep``).
+- ``executor``: the build itself (``build``, ``BuildResult``, ``BuildStep``);
+- ``remote_cache``: the build cache in a registry (``--cache-to``, ``--cache-from``), loaded
+  only by a build given cache references.
 
 Importing the package loads none of them: ``import layercore`` imports it, and stays cheap;
 each name below is loaded on first use. The package is callable: ``layercore.build(context,
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from layercore.build.dockerfile import Dockerfile, Heredoc, Instruction, parse_dockerfile
     from layercore.build.executor import BuildEvent, BuildResult, BuildStep, build
     from layercore.build.lexer import ShellLexer, SubstitutionResult
+    from layercore.build.remote_cache import CacheExport, CacheRef
     from layercore.build.stages import BuildPlan, Stage, plan_build
     from layercore.errors import BuildError, DockerfileError
 
@@ -37,6 +40,8 @@ __all__ = [
     "BuildPlan",
     "BuildResult",
     "BuildStep",
+    "CacheExport",
+    "CacheRef",
     "Dockerfile",
     "DockerfileError",
     "Heredoc",
@@ -60,6 +65,8 @@ _WHERE = {
     "build": "executor",
     "ShellLexer": "lexer",
     "SubstitutionResult": "lexer",
+    "CacheExport": "remote_cache",
+    "CacheRef": "remote_cache",
     "BuildPlan": "stages",
     "Stage": "stages",
     "plan_build": "stages",

@@ -36,12 +36,15 @@ Steps that write a layer go through the **build cache** (:meth:`_Build.cached`):
 parent's key and the step's inputs (a ``COPY``'s by the checksum of what it selects, never an
 mtime; a ``COPY --from`` by the source's chain_id), a record in the store per key, a hit
 reusing the recorded layer, and every miss explained from the records that followed the
-same parent.
+same parent. ``cache_from`` adds the records of caches in registries (a hit's layer is fetched
+when something reads it), ``cache_to`` pushes this build's
+(:mod:`layercore.build.remote_cache`).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import posixpath
@@ -51,16 +54,17 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from layercore import _core
-from layercore.build.checksum import SourceChecksum, checksum_sources, walk_sources
+from layercore.build.checksum import SourceChecksum, SourceTree, checksum_sources, walk_sources
 from layercore.build.context import (
     IgnoreRules,
     ignore_file_for,
@@ -74,11 +78,16 @@ from layercore.errors import (
     BuildError,
     DockerfileError,
     ImageNotFoundError,
+    LayerError,
     SourceNotFoundError,
 )
 from layercore.image import Image, host_architecture, sha256_digest
 from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
 from layercore.store import Store
+
+if TYPE_CHECKING:
+    # Loaded only by a build given cache references: it brings in the registry client.
+    from layercore.build.remote_cache import CacheExport, CacheRef, RemoteCache
 
 __all__ = ["BuildEvent", "BuildResult", "BuildStep", "build"]
 
@@ -122,13 +131,15 @@ class BuildStep:
 @dataclass(frozen=True)
 class BuildResult:
     """What a build made: the ``image`` (saved under ``tags``), its ``digest``, every
-    ``step``, and the parser's and planner's ``warnings``."""
+    ``step``, the ``warnings`` (the parser's, the planner's, and a build cache's that could
+    not be used), and what each ``--cache-to`` pushed (``cache_exports``)."""
 
     image: Image
     digest: str
     steps: list[BuildStep]
     tags: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    cache_exports: list[CacheExport] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,8 @@ def build(
     no_cache: bool | Sequence[str] = False,
     progress: Progress | None = None,
     secrets: Mapping[str, StrPath] | None = None,
+    cache_to: Sequence[str | CacheRef] = (),
+    cache_from: Sequence[str | CacheRef] = (),
 ) -> BuildResult:
     """Builds the Dockerfile (``dockerfile``, default ``CONTEXT/Dockerfile``; or its text as
     ``dockerfile_text``) with the directory ``context``; saves the image under each of
@@ -175,9 +188,19 @@ def build(
     says why in its step's ``reason``. ``no_cache=True`` runs every step (and still records
     them); a list of stage names or indexes runs every step of those stages only
     (``--no-cache-filter``).
+    ``cache_from`` (registry references, ``REF`` or BuildKit's ``type=registry,ref=REF``, or
+    :class:`~layercore.build.remote_cache.CacheRef`) adds build caches others exported: a step
+    the store has no record of hits one of theirs, and only then is its layer downloaded (and
+    the record kept in the store). A reference that is missing or unreadable is a warning,
+    not a failure. ``cache_to`` (``REF[,mode=min|max]``, or BuildKit's spelling) pushes this
+    build's records and their layers there once the image is saved: ``min`` (the default)
+    those of the steps whose layers are in the image, ``max`` those of every step of every
+    stage. A failed push raises (the image is saved and tagged) unless the reference says
+    ``ignore-error=true``; a malformed reference raises ValueError before anything runs.
     Raises :class:`~layercore.errors.DockerfileError` for a
     Dockerfile at fault and :class:`~layercore.errors.BuildError` for a step that failed;
     nothing is tagged then."""
+    exports, imports = _cache_refs(cache_to, export=True), _cache_refs(cache_from, export=False)
     context_dir = Path(context)
     if not context_dir.is_dir():
         raise SourceNotFoundError("the build context is not a directory", context_dir)
@@ -222,21 +245,37 @@ def build(
         secrets={k: Path(v) for k, v in (secrets or {}).items()},
         no_cache=no_cache,
     )
-    warnings = list(df.warnings)
+    for warning in df.warnings:
+        runner.warn(warning)
     if plan.unused_build_args:
-        warnings.append(
+        runner.warn(
             "build args not consumed by any instruction: " + ", ".join(plan.unused_build_args)
         )
-    for warning in warnings:
-        runner.progress(BuildEvent("warning", text=warning))
+    if imports:
+        from layercore.build.remote_cache import RemoteCache
+
+        runner.remote = RemoteCache.load(store, imports, runner.warn)
     with runner:
         image = runner.run()
+        runner.materialize(image.layers)
         if labels:
             image = runner.add_labels(image, labels)
         image = store.save(image)
         for tag in tags:
             store.save(image, tag)
-    return BuildResult(image, image.digest, runner.steps, list(tags), warnings)
+        pushed = [done for ref in exports if (done := runner.export(ref)) is not None]
+    return BuildResult(image, image.digest, runner.steps, list(tags), list(runner.warnings), pushed)
+
+
+def _cache_refs(refs: Sequence[str | CacheRef], *, export: bool) -> list[CacheRef]:
+    """The cache references, parsed (ValueError for one that is malformed)."""
+    if isinstance(refs, str):
+        refs = [refs]
+    if not refs:
+        return []
+    from layercore.build.remote_cache import CacheRef
+
+    return [CacheRef.parse(r, export=export) if isinstance(r, str) else r for r in refs]
 
 
 class _Build:
@@ -281,6 +320,14 @@ class _Build:
         self.rootfs: dict[int, tuple[list[str], Path]] = {}  # stage -> (diff_ids, rootfs dir)
         self.linked: dict[str, Path] = {}  # chain_id -> a COPY layer's snapshot of links
         self.lowers: dict[tuple[str, ...], _Lower | None] = {}  # diff_ids -> its snapshots
+        self.warnings: list[str] = []
+        self.remote: RemoteCache | None = None  # the --cache-from records
+        # layer digest -> the --cache-from hits whose layer it is and that wait for it:
+        # (key, parent, where); fetched when something reads the layer (materialize)
+        self.pending: dict[str, list[tuple[str, str, str]]] = {}
+        self._pending_lock = threading.Lock()
+        # stage -> the records of its steps that wrote a layer, in order (for --cache-to)
+        self.used: dict[int, list[dict[str, Any]]] = {}
         self._exit = ExitStack()
 
     def __enter__(self) -> _Build:
@@ -301,6 +348,11 @@ class _Build:
 
     def fail(self, message: str, ins: Instruction) -> DockerfileError:
         return self.df.error(message, ins)
+
+    def warn(self, text: str) -> None:
+        """A warning for the result and the progress display."""
+        self.warnings.append(text)
+        self.progress(BuildEvent("warning", text=text))
 
     # -- stages
 
@@ -410,7 +462,9 @@ class _Build:
         files: Callable[[], dict[str, Any]] | None = None,
     ) -> Layer:
         """The step's layer: from the build cache when a record has its key (the parent's key
-        and ``inputs``), else made by ``make`` and recorded with ``files()`` (a COPY's sources,
+        and ``inputs``) in the store, or else in a ``--cache-from`` cache (its layer fetched
+        when something reads it, :meth:`remote_hit`); else made by ``make`` and recorded with
+        ``files()`` (a COPY's sources,
         an entry a file, made only on a miss: they explain the next one). ``cacheable``, when
         given, is why this step is never looked up. A ``linked`` step (``COPY --link``) makes a
         layer that does not depend on the ones below, so its key leaves the parent out (the
@@ -421,15 +475,20 @@ class _Build:
         text = " ".join(ins.text.split()) if "\n" not in ins.text else ins.text
         key = _key({"parent": parent, "keyword": ins.keyword, **inputs})
         after = _key({"parent": chained, "linked": key}) if linked else key
-        forced = self.no_cache or {stage.name or "", str(stage.index)} & self.no_cache_stages
+        forced = self.forced(stage)
         record = None if forced or cacheable else self.store.cache_record(key)
+        layer: Layer | None = None
         if record is not None:
             d = record["layer"]
             layer = Layer.open(
                 self.store.blob_path(d["digest"]), digest=d["digest"], diff_id=d["diff_id"]
             )
+        elif not (forced or cacheable) and self.remote is not None:
+            record, layer = self.remote_hit(key, parent, f"[{stage.label}:{ins.line}]")
+        if record is not None and layer is not None:
             self.outcome[(stage.label, ins.line)] = (True, None, (), 0)
             self.chain[stage.index] = (after, missed, fresh)
+            self.keep(stage, ins, text, key, parent, layer, record.get("inputs") or inputs)
             return layer
         if files is not None:
             inputs = {**inputs, "files": files()}
@@ -455,6 +514,7 @@ class _Build:
                 "inputs": dict(inputs),
             },
         )
+        self.keep(stage, ins, text, key, parent, layer, inputs)
         self.outcome[(stage.label, ins.line)] = (False, reason, tuple(evidence[:10]), count)
         if missed is None:
             missed, fresh = ins.line, reason == _NO_RECORD
@@ -472,8 +532,12 @@ class _Build:
     ) -> tuple[str, list[str], int]:
         """Why a step missed: what differs from the record of the same step after the same
         parent, or that the parent itself changed (after a first miss that had no record at
-        all, the steps after it have none either)."""
+        all, the steps after it have none either). The ``--cache-from`` records that followed
+        the parent count as siblings too, after the store's."""
         siblings = self.store.cache_children(parent)
+        if self.remote is not None:
+            known = {r.get("key") for r in siblings}
+            siblings += [r for r in self.remote.children(parent) if r["key"] not in known]
         same = [
             r for r in siblings if r.get("keyword") == ins.keyword and r.get("line") == ins.line
         ]
@@ -501,10 +565,149 @@ class _Build:
                 shown[:10],
                 len(shown),
             )
+        if before.get("mounts") != inputs.get("mounts") and "mounts" in inputs:
+            return _explain_mounts(before.get("mounts") or [], inputs["mounts"])
         for name in sorted({*before, *inputs}):
             if before.get(name) != inputs.get(name):
                 return f"{name} changed", [], 0
         return "inputs changed", [], 0
+
+    def forced(self, stage: Stage) -> bool:
+        """Whether ``--no-cache`` or ``--no-cache-filter`` runs every step of ``stage``."""
+        return self.no_cache or bool({stage.name or "", str(stage.index)} & self.no_cache_stages)
+
+    def remote_hit(
+        self, key: str, parent: str, where: str
+    ) -> tuple[dict[str, Any] | None, Layer | None]:
+        """The ``--cache-from`` record of ``key`` and its layer, or ``(None, None)``. The layer
+        is not fetched here but when something reads it (:meth:`materialize`: a later step
+        looking at the tree, a ``RUN``, saving the image), as BuildKit's lazy blobs are: the
+        layers of a stage that only a ``COPY --from`` hit follows never move. Its record goes
+        into the store once it has the layer."""
+        assert self.remote is not None
+        record = self.remote.record(key)
+        if record is None:
+            return None, None
+        d = record["layer"]
+        path = self.store.blob_path(d["digest"])
+        if self.store.has_blob(d["digest"]):
+            self.store.put_cache_record(key, parent, _local_record(record))
+            return record, Layer.open(path, digest=d["digest"], diff_id=d["diff_id"])
+        with self._pending_lock:
+            self.pending.setdefault(d["digest"], []).append((key, parent, where))
+        compression: Compression = (
+            "gzip" if d["mediaType"].endswith("+gzip") else
+            "zstd" if d["mediaType"].endswith("+zstd") else None
+        )  # fmt: skip
+        return record, Layer(
+            path=path,
+            media_type=d["mediaType"],
+            digest=d["digest"],
+            diff_id=d["diff_id"],
+            size=d["size"],
+            uncompressed_size=None,
+            compression=compression,
+        )
+
+    def materialize(self, layers: Sequence[Layer]) -> None:
+        """Brings the layers among ``layers`` that hit in a ``--cache-from`` cache and are not
+        fetched yet into the store (downloaded, verified against their digest and size), and
+        keeps their records there, so the next build hits them in the store. A layer that
+        cannot be fetched fails the build (its step was taken from the cache already)."""
+        if self.pending:
+            for layer in layers:
+                self.fetch_layer(layer.digest)
+
+    def fetch_layer(self, digest: str) -> None:
+        """:meth:`materialize` for one layer digest; nothing if it is not waiting."""
+        with self._pending_lock:
+            hits = list(self.pending.get(digest, ()))
+        if not hits:
+            return
+        assert self.remote is not None
+        key, _parent, where = hits[0]
+        try:
+            self.remote.fetch(self.store, key)
+        except LayerError as e:
+            raise BuildError(
+                f"cache from {self.remote.origin(key)}: the layer {digest} of {where}, a step "
+                f"taken from that cache, could not be fetched: {e.message}",
+                self.df.path,
+            ) from None
+        with self._pending_lock:
+            hits = self.pending.pop(digest, [])
+        for key, parent, _where in hits:
+            record = self.remote.record(key)
+            assert record is not None
+            self.store.put_cache_record(key, parent, _local_record(record))
+
+    def keep(
+        self,
+        stage: Stage,
+        ins: Instruction,
+        text: str,
+        key: str,
+        parent: str,
+        layer: Layer,
+        inputs: Mapping[str, Any],
+    ) -> None:
+        """Keeps the step's record, as ``--cache-to`` exports it."""
+        self.used.setdefault(stage.index, []).append(
+            {
+                "key": key,
+                "parent": parent,
+                "stage": stage.label,
+                "line": ins.line,
+                "keyword": ins.keyword,
+                "instruction": text,
+                "layer": {
+                    "digest": layer.digest,
+                    "diff_id": layer.diff_id,
+                    "size": layer.size,
+                    "mediaType": layer.media_type,
+                },
+                "inputs": dict(inputs),
+            }
+        )
+
+    def export(self, ref: CacheRef) -> CacheExport | None:
+        """Pushes the records ``ref.mode`` chooses to ``ref``: ``min``, those of the target
+        stage and the stages it is built on (the image's layers); ``max``, every stage's. A
+        failure raises, or with ``ignore_error`` is a warning (and None)."""
+        from layercore.build.remote_cache import export_cache
+        from layercore.registry.transfer import RemoteBlob
+
+        if ref.mode == "max":
+            stages = list(self.plan.needed)
+        else:
+            stages = []
+            index: int | None = self.plan.target.index
+            while index is not None:
+                stages.insert(0, index)
+                index = self.plan.stages[index].base_stage
+        records: dict[str, dict[str, Any]] = {}
+        for index in stages:
+            for record in self.used.get(index, []):
+                records.setdefault(record["key"], record)
+        # Layers that hit in a --cache-from cache and were never fetched: mounted from there
+        # when the export goes to the same registry, else fetched now.
+        remote: dict[str, RemoteBlob] = {}
+        with self._pending_lock:
+            waiting = {d: hits[0][0] for d, hits in self.pending.items()}
+        for record in records.values():
+            digest = record["layer"]["digest"]
+            if digest in waiting and self.remote is not None:
+                remote[digest] = RemoteBlob(
+                    self.remote.location(waiting[digest]),
+                    functools.partial(self.fetch_layer, digest),
+                )
+        try:
+            return export_cache(self.store, list(records.values()), ref, remote=remote)
+        except LayerError as e:
+            if not ref.ignore_error:
+                raise
+            self.warn(f"cache to {ref.reference} failed (ignore-error=true): {e.message}")
+            return None
 
     def step(self, stage: Stage, state: StageState, image: Image, ins: Instruction) -> Image:
         text = " ".join(ins.text.split()) if "\n" not in ins.text else ins.text
@@ -563,12 +766,14 @@ class _Build:
                 comment=BUILDKIT_COMMENT,
                 created=self.created(),
             )
-        uid, gid = (
-            self.owner(state.config.get("User") or "", image, ins)
-            if state.config.get("User")
-            else (0, 0)
-        )
-        dirs = self.dir_attrs(image, wd.strip("/"), uid, gid)
+        user = state.config.get("User") or ""
+        found: list[list[DirAttrs]] = []
+
+        def attrs() -> list[DirAttrs]:
+            if not found:
+                uid, gid = self.owner(user, image, ins) if user else (0, 0)
+                found.append(self.dir_attrs(image, wd.strip("/"), uid, gid))
+            return found[0]
 
         def make() -> Layer:
             with self.store.workspace("workdir") as empty:
@@ -577,16 +782,45 @@ class _Build:
                     compression=self.compression,
                     source_date_epoch=self.epoch,
                     under=wd.strip("/"),
-                    under_dirs=dirs,
+                    under_dirs=attrs(),
                 )
 
-        # The directories' attributes but a new one's mtime (the build's time) make the key.
-        shown = [[d.mode, d.uid, d.gid] for d in dirs]
-        layer = self.cached(stage, ins, {"workdir": wd, "dirs": shown}, make)
+        # The directories' attributes but a new one's mtime (the build's time) make the key,
+        # and the user a new one is made for.
+        shown = self.recorded_dirs(stage, image, wd, user)
+        if shown is None:
+            shown = [[d.mode, d.uid, d.gid] for d in attrs()]
+        layer = self.cached(stage, ins, {"workdir": wd, "dirs": shown, "user": user}, make)
         image = image.with_runtime_config(state.config, history=False)
         return image.append(
             layer, created_by=f"WORKDIR {wd}", comment=BUILDKIT_COMMENT, created=self.created()
         )
+
+    def recorded_dirs(
+        self, stage: Stage, image: Image, wd: str, user: str
+    ) -> list[list[int]] | None:
+        """The attributes a ``WORKDIR``'s directories had in the ``--cache-from`` record of
+        this step, when the layers below it hit in a cache and were not fetched: their tree
+        is that of the cache's build (the parent key names it, as it does for any step that
+        hit), so the layers need not be fetched just to look at it. None otherwise."""
+        if self.remote is None or self.forced(stage):
+            return None
+        with self._pending_lock:
+            if not any(layer.digest in self.pending for layer in image.layers):
+                return None
+        parent = self.chain[stage.index][0]
+        for record in self.remote.children(parent):
+            inputs = record.get("inputs") or {}
+            if (
+                record.get("keyword") == "WORKDIR"
+                and inputs.get("workdir") == wd
+                and inputs.get("user") == user
+                and _key({"parent": parent, "keyword": "WORKDIR", **inputs}) == record["key"]
+            ):
+                dirs = inputs.get("dirs")
+                if isinstance(dirs, list):
+                    return dirs
+        return None
 
     def dir_attrs(self, image: Image, rel: str, uid: int, gid: int) -> list[DirAttrs]:
         """Attributes for each directory of ``rel``: an existing one keeps its own, a new one
@@ -608,6 +842,7 @@ class _Build:
         indexing its layers; else from its merged view."""
         if not image.layers:
             return None
+        self.materialize(image.layers)
         key = tuple(image.diff_ids)
         if key not in self.lowers:
             snapshots = None
@@ -635,6 +870,7 @@ class _Build:
         def table(path: str) -> dict[str, tuple[int, int]]:
             if not image.layers:
                 return {}
+            self.materialize(image.layers)
             try:
                 text = image.stack.read(path).decode(errors="replace")
             except (SourceNotFoundError, OSError, ValueError):
@@ -806,7 +1042,7 @@ class _Build:
                         name = posixpath.basename(rel) if into_dir else posixpath.basename(dest)
                         _stage_entry(source, staging / name)
 
-            def inputs_of(selected: SourceChecksum) -> dict[str, Any]:
+            def inputs_of(selected: SourceChecksum | str) -> dict[str, Any]:
                 return {
                     "args": [*sources, dest_word],
                     "dest": dest,
@@ -815,7 +1051,7 @@ class _Build:
                     "owner": [uid, gid],
                     "chmod": chmod,
                     "flags": flags,
-                    "sources": selected.digest,
+                    "sources": selected if isinstance(selected, str) else selected.digest,
                 }
 
             def written(staging: Path) -> Layer:
@@ -843,18 +1079,25 @@ class _Build:
 
             if keyed:
                 return staged_and_written()
+            if checksum is not None:
+                # ADD --checksum URL: the checksum names the content, so it is the key (with
+                # the file's name and mode): a hit downloads nothing, as with BuildKit.
+                url = matches[0][0]
+                name = _url_name(url) if into_dir else posixpath.basename(dest)
+                return self.cached(
+                    stage, ins, inputs_of(f"{name} 600 {checksum}"), staged_and_written
+                )
             if not parents and not archives and all(mark is None for _, mark in matches):
                 # Files of the context only: checksummed in place, through the store's stat
                 # cache, so a hit stages nothing (staging links the files, moving their ctime).
-                plan: list[tuple[Path, str]] = []
+                plan: list[tuple[Path, str] | SourceTree] = []
                 for rel, _mark in matches:
                     source = root / rel if rel != "." else root
                     if source.is_dir() and not source.is_symlink():
-                        plan.extend(_plan_tree(source, rel, ignore, excludes))
+                        plan.append(SourceTree(source, "", _skipper(rel, ignore, excludes)))
                     else:
                         name = posixpath.basename(rel) if into_dir else posixpath.basename(dest)
                         plan.append((source, name))
-                plan.sort(key=lambda entry: entry[1])
                 selected = checksum_sources(plan, cache=self.store.stat_cache_path())
                 return self.cached(
                     stage,
@@ -866,8 +1109,7 @@ class _Build:
                 )
             with self.store.workspace("copy") as staging:
                 stage_into(staging)
-                staged = sorted(walk_sources(staging), key=lambda entry: entry[1])
-                selected = checksum_sources(staged)
+                selected = checksum_sources([SourceTree(staging)])
                 return self.cached(
                     stage,
                     ins,
@@ -1014,6 +1256,8 @@ class _Build:
         if ref in self.trees:
             return self.trees[ref]
         index = self.stage_index(ref)
+        if index is not None and index in self.images:
+            self.materialize(self.images[index].layers)
         if index is not None and index in self.rootfs:
             # The stage ran a RUN: its root filesystem is there, brought up to date.
             path = self.rootfs_for(self.plan.stages[index], self.images[index])
@@ -1098,6 +1342,7 @@ class _Build:
         }
 
         def make() -> Layer:
+            self.materialize(image.layers)
             mounts = self.mounts(state, ins, step_scope)
             if script_mount is not None:
                 mounts.append(script_mount)
@@ -1164,7 +1409,7 @@ class _Build:
             source = posixpath.normpath("/" + opts.get("source", opts.get("src", "/"))).lstrip("/")
             path = self.context / source if source else self.context
             if path.is_dir() and not path.is_symlink():
-                sources = list(walk_sources(path))
+                sources: list[tuple[Path, str] | SourceTree] = [SourceTree(path)]
             else:
                 sources = (
                     [(path, posixpath.basename(source) or ".")] if os.path.lexists(path) else []
@@ -1730,6 +1975,11 @@ _NO_RECORD = "no cache record for this step"
 _LINKED = "sha256:" + "0" * 64
 
 
+def _local_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``--cache-from`` record as the store keeps it (its key and parent are the file's)."""
+    return {name: value for name, value in record.items() if name not in ("key", "parent")}
+
+
 def _key(obj: Mapping[str, Any]) -> str:
     """A build cache key: the SHA-256 of the canonical JSON of ``obj``."""
     return sha256_digest(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
@@ -1742,6 +1992,23 @@ def _files_of(selected: SourceChecksum) -> dict[str, Any]:
                  r.link.decode(errors="replace"), sorted(r.xattrs), r.content]
         for r in selected.records
     }  # fmt: skip
+
+
+def _explain_mounts(old: Sequence[Any], new: Sequence[Any]) -> tuple[str, list[str], int]:
+    """A RUN's miss from its mounts (:meth:`_Build.mount_keys`) when its text and env are the
+    same: a bind mount over files (or a stage) that changed."""
+    bound = [
+        str(b[0])
+        for a, b in zip(old, new, strict=False)
+        if isinstance(b, list) and isinstance(a, list) and a[0] == b[0] and a[1] != b[1]
+    ]
+    if not bound:
+        return "mounts changed", [], 0
+    opts = _mount_options(bound[0])
+    what = f"stage {opts['from']}" if "from" in opts else opts.get("source", opts.get("src", "."))
+    target = opts.get("target", opts.get("dst", opts.get("destination", "?")))
+    shown = [f"--mount={b}" for b in bound]
+    return f"bind mount {target} changed: what it binds ({what}) changed", shown, len(shown)
 
 
 def _explain_files(
@@ -1829,11 +2096,14 @@ def _stage_entry(source: Path, target: Path) -> None:
         _link_or_copy(source, target)
 
 
-def _plan_tree(
-    source: Path, rel: str, ignore: IgnoreRules, excludes: IgnoreRules
-) -> list[tuple[Path, str]]:
-    """What :func:`_stage_tree` would stage from the directory ``source`` (``rel`` in its
-    root): each kept entry and its name in the staging directory, nothing written."""
+def _skipper(
+    rel: str, ignore: IgnoreRules, excludes: IgnoreRules
+) -> Callable[[str, bool], bool] | None:
+    """What a walk of the directory ``rel`` (in its root) leaves out: a path ``ignore`` (paths
+    from the root) or ``excludes`` (paths from the directory) drops, unless a directory may
+    still hold a path an exception keeps; ``None`` when nothing is left out."""
+    if not ignore and not excludes:
+        return None
     prefix = "" if rel == "." else rel.rstrip("/") + "/"
 
     def skipped(inner: str, directory: bool) -> bool:
@@ -1842,26 +2112,16 @@ def _plan_tree(
                 return True
         return False
 
-    out: list[tuple[Path, str]] = []
-    for dirpath, dirnames, filenames in os.walk(source):
-        here = Path(dirpath)
-        inner_dir = here.relative_to(source).as_posix()
-        base = "" if inner_dir == "." else inner_dir + "/"
-        kept = []
-        for name in sorted(dirnames):
-            child = here / name
-            if skipped(base + name, directory=True):
-                continue
-            out.append((child, base + name))
-            if not child.is_symlink():
-                kept.append(name)
-        dirnames[:] = kept
-        out.extend(
-            (here / name, base + name)
-            for name in filenames
-            if not skipped(base + name, directory=False)
-        )
-    return out
+    return skipped
+
+
+def _plan_tree(
+    source: Path, rel: str, ignore: IgnoreRules, excludes: IgnoreRules
+) -> list[tuple[Path, str]]:
+    """What :func:`_stage_tree` stages from the directory ``source`` (``rel`` in its root):
+    each kept entry and its name in the staging directory, a directory before its contents
+    (the same walk a context ``COPY``'s checksum takes, :func:`_skipper`)."""
+    return list(walk_sources(source, _skipper(rel, ignore, excludes)))
 
 
 def _stage_tree(

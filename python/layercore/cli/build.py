@@ -23,6 +23,8 @@ from layercore.cli.session import Session, UsageError
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
 
+    from layercore.build.remote_cache import CacheRef
+
 __all__ = ["register"]
 
 
@@ -40,13 +42,17 @@ def register(commands: Commands) -> None:
         $SOURCE_DATE_EPOCH) makes the image reproducible. Progress goes to stderr: on a
         terminal (auto) a live view of the running steps with the last lines of their output;
         plain lines (plain, or auto when stderr is no terminal); one JSON event a line (json).
-        --json prints the result.
+        --json prints the result. --cache-from REF lets steps hit a build cache another store
+        pushed with --cache-to REF (only the layers of the steps that hit are downloaded); a
+        cache that is missing or unreadable is a warning.
         """,
         [
             "layercore build -t app:1 .",
             "layercore build -f build/app.Dockerfile --target runtime -t app:1 .",
             "layercore build --build-arg VERSION=1.2 --label org.example.team=core -t app:1 .",
             "cat Dockerfile | layercore build -f - --progress json .",
+            "layercore build --cache-from registry.example/app:cache "
+            "--cache-to registry.example/app:cache,mode=max -t app:1 .",
         ],
         json=True,
     )
@@ -94,6 +100,22 @@ def register(commands: Commands) -> None:
         default=[],
         help="a file for RUN --mount=type=secret,id=ID (never stored in the image)",
     )
+    p.add_argument(
+        "--cache-to",
+        metavar="REF[,mode=min|max]",
+        action="append",
+        default=[],
+        help="push the build cache to the registry reference REF after the build: the steps of "
+        "the final image (mode=min, the default) or of every stage (mode=max); BuildKit's "
+        "type=registry,ref=REF[,mode=max][,ignore-error=true] works too",
+    )
+    p.add_argument(
+        "--cache-from",
+        metavar="REF",
+        action="append",
+        default=[],
+        help="use the build cache at the registry reference REF (or type=registry,ref=REF)",
+    )
     p.add_argument("--compression", choices=("gzip", "zstd"), default="gzip")
     p.add_argument("--source-date-epoch", metavar="SECONDS", type=int)
 
@@ -112,6 +134,19 @@ def _pairs(values: list[str], what: str, *, from_env: bool) -> dict[str, str]:
             rest = os.environ[key]
         out[key] = rest
     return out
+
+
+def _cache_refs(values: list[str], *, export: bool) -> list[CacheRef]:
+    """``--cache-to``/``--cache-from`` values, parsed; a malformed one is a usage error. The
+    registry client is loaded only when there are some."""
+    if not values:
+        return []
+    from layercore.build.remote_cache import CacheRef
+
+    try:
+        return [CacheRef.parse(value, export=export) for value in values]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 class _Printer:
@@ -277,6 +312,8 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
         if not fields.get("id") or not source:
             raise UsageError(f"--secret {spec!r}: write id=ID,src=PATH")
         secrets[fields["id"]] = source
+    cache_to = _cache_refs(args.cache_to, export=True)
+    cache_from = _cache_refs(args.cache_from, export=False)
     text = None
     dockerfile = args.file
     if dockerfile == "-":
@@ -304,6 +341,8 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
             no_cache=True if args.no_cache else args.no_cache_filter,
             progress=display if display is not None else _Printer(mode, sys.stderr),
             secrets=secrets,
+            cache_to=cache_to,
+            cache_from=cache_from,
         )
     if session.json:
         session.emit_json(
@@ -312,6 +351,7 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
                 "tags": result.tags,
                 "steps": [s.to_json() for s in result.steps],
                 "warnings": result.warnings,
+                "cache_exports": [e.to_json() for e in result.cache_exports],
             }
         )
         return 0
@@ -339,5 +379,11 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
         from rich.console import Console
 
         Console(file=sys.stderr, highlight=False, markup=False, emoji=False).print(table)
+        for export in result.cache_exports:
+            print(
+                f"cache: {export.records} records ({export.layers} layers, mode={export.mode}) "
+                f"-> {export.reference} {short_digest(export.digest)}; {export.push.summary()}",
+                file=sys.stderr,
+            )
     session.print(" ".join([result.digest, *result.tags]))
     return 0

@@ -14,8 +14,6 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +177,8 @@ def _rel(path: str) -> str:
 def _time(mtime: int) -> str:
     """A Unix time as ``YYYY-MM-DD HH:MM`` (UTC), or the number when it is out of range."""
     try:
+        from datetime import UTC, datetime
+
         return datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%d %H:%M")
     except (OverflowError, OSError, ValueError):
         return str(mtime)
@@ -397,6 +397,8 @@ def _cmd_cat(args: argparse.Namespace, session: Session) -> int:
     _require(image, args.image, args.path)
     out = sys.stdout.buffer
     # Streamed through a temp file: memory stays small whatever the file's size.
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="layercore-cat-") as tmp:
         body = Path(tmp) / "body"
         image.stack.read_into(_rel(args.path), body)
@@ -483,6 +485,8 @@ def diff_images(a: Image, b: Image, *, content: bool = False) -> list[dict[str, 
     left = {e.path: e for e in a.stack.walk()}
     right = {e.path: e for e in b.stack.walk()}
     changes: list[dict[str, Any]] = []
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="layercore-diff-") as tmp:
         for path in sorted(left.keys() | right.keys(), key=_path_key):
             old, new = left.get(path), right.get(path)

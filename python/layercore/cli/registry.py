@@ -14,15 +14,20 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from layercore.cli.output import human_size, image_json, short_digest
 from layercore.cli.parser import Commands
 from layercore.cli.session import Session, UsageError
 from layercore.errors import AuthenticationError
 from layercore.imageref import Reference
-from layercore.registry import Credentials, RegistryClient, Transfers, login, logout
-from layercore.registry.transfer import PushResult, parse_platform
+
+if TYPE_CHECKING:
+    from layercore.registry import Transfers
+    from layercore.registry.transfer import PushResult
+
+# The registry client loads when a command uses it: `layercore build` and the other commands
+# do not pay for its import.
 
 __all__ = ["register"]
 
@@ -153,6 +158,8 @@ def _jobs(args: argparse.Namespace) -> int | None:
 def _check_platform(args: argparse.Namespace) -> None:
     if getattr(args, "platform", None) is not None:
         try:
+            from layercore.registry.transfer import parse_platform
+
             parse_platform(args.platform)
         except ValueError as e:
             raise UsageError(f"--platform: {e}") from None
@@ -234,6 +241,8 @@ def _cmd_pull(args: argparse.Namespace, session: Session) -> int:
     _check_platform(args)
     jobs = _jobs(args)
     tag = args.tag if args.tag is not None else args.reference
+    from layercore.registry import Transfers
+
     transfers = Transfers()
     image = _run(
         transfers,
@@ -280,6 +289,8 @@ def _report_push(session: Session, result: PushResult) -> int:
 def _cmd_push(args: argparse.Namespace, session: Session) -> int:
     _reference(args.reference, "push")
     jobs = _jobs(args)
+    from layercore.registry import Transfers
+
     transfers = Transfers()
     result = _run(
         transfers,
@@ -301,6 +312,8 @@ def _cmd_copy(args: argparse.Namespace, session: Session) -> int:
     _reference(args.dest, "copy")
     _check_platform(args)
     jobs = _jobs(args)
+    from layercore.registry import Transfers
+
     transfers = Transfers()
     result = _run(
         transfers,
@@ -328,6 +341,8 @@ def _registry_host(text: str) -> str:
 
 
 def _cmd_login(args: argparse.Namespace, session: Session) -> int:
+    from layercore.registry import Credentials, RegistryClient, login
+
     registry = _registry_host(args.host)
     username: str | None = args.username
     if args.password_stdin:
@@ -364,6 +379,8 @@ def _cmd_login(args: argparse.Namespace, session: Session) -> int:
 
 
 def _cmd_logout(args: argparse.Namespace, session: Session) -> int:
+    from layercore.registry import logout
+
     registry = _registry_host(args.host)
     if logout(registry):
         session.print(f"Removed login credentials for {registry}")

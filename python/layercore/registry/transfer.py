@@ -33,6 +33,7 @@ from layercore.image import (
     OCI_MANIFEST,
     Image,
     host_architecture,
+    sha256_digest,
 )
 from layercore.imageref import Reference
 from layercore.layer import StrPath
@@ -41,17 +42,21 @@ from layercore.registry.client import RegistryClient, RetryPolicy
 from layercore.store import check_tag
 
 if TYPE_CHECKING:
-    from layercore.store import Store
+    from layercore.store import Ingest, Store
 
 __all__ = [
     "BlobResult",
     "BlobTransfer",
     "PushResult",
+    "RemoteBlob",
     "Transfers",
+    "client_for",
     "copy",
+    "fetch_blob",
     "parse_platform",
     "pull",
     "push",
+    "push_artifact",
 ]
 
 DEFAULT_JOBS = 4
@@ -95,6 +100,17 @@ class Transfers:
     def snapshot(self) -> list[BlobTransfer]:
         with self._lock:
             return list(self._items.values())
+
+
+@dataclass(frozen=True)
+class RemoteBlob:
+    """A blob the store does not hold (yet) but a registry repository does: ``location``
+    (``host/repository``). A push to that registry mounts it from there without it ever
+    reaching this machine; only when that cannot be done is ``fetch()`` called to bring it
+    into the store, and it is uploaded from there."""
+
+    location: str
+    fetch: Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -166,14 +182,16 @@ def parse_platform(text: str) -> tuple[str, str, str | None]:
     return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
-def _client(
+def client_for(
     ref: Reference,
     *,
-    insecure: bool,
-    ca_file: StrPath | None,
-    credentials: Credentials | None,
-    retry: RetryPolicy | None,
+    insecure: bool = False,
+    ca_file: StrPath | None = None,
+    credentials: Credentials | None = None,
+    retry: RetryPolicy | None = None,
 ) -> RegistryClient:
+    """A client for the registry ``ref`` names, with ``credentials`` or else those the Docker
+    config holds for it (see :mod:`layercore.registry.auth`)."""
     creds = credentials if credentials is not None else credentials_for(ref.registry)
     return RegistryClient(
         ref.registry,
@@ -185,7 +203,9 @@ def _client(
     )
 
 
-def _json(data: bytes, what: str, origin: str) -> dict[str, Any]:
+def json_object(data: bytes, what: str, origin: str) -> dict[str, Any]:
+    """``data`` as a JSON object, else :class:`CorruptImageError` naming ``what`` and
+    ``origin``."""
     try:
         obj = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -279,7 +299,9 @@ def pull(
     save_tag = check_tag(reference if tag is None else tag)
     if platform is not None:
         parse_platform(platform)
-    client = _client(ref, insecure=insecure, ca_file=ca_file, credentials=credentials, retry=retry)
+    client = client_for(
+        ref, insecure=insecure, ca_file=ca_file, credentials=credentials, retry=retry
+    )
     transfers = transfers or Transfers()
     repo = ref.repository
     origin = str(ref)
@@ -288,7 +310,7 @@ def pull(
     manifests: list[tuple[str, bytes]] = []
     blobs: dict[str, tuple[int, str]] = {}
     if media_type in _INDEX_TYPES:
-        index = _json(data, "the image index", origin)
+        index = json_object(data, "the image index", origin)
         if all_platforms:
             children = [
                 _descriptor(e, "the image index", origin)[0]
@@ -305,7 +327,7 @@ def pull(
     else:
         raise CorruptImageError(f"is a {media_type}, not an image manifest or index", origin)
     for digest, manifest_bytes in manifests:
-        manifest = _json(manifest_bytes, f"manifest {digest}", origin)
+        manifest = json_object(manifest_bytes, f"manifest {digest}", origin)
         config_digest, config_size, _ = _descriptor(
             manifest.get("config"), f"manifest {digest}", origin
         )
@@ -315,29 +337,13 @@ def pull(
             blobs.setdefault(layer_digest, (layer_size, "layer"))
     location = f"{ref.registry}/{repo}"
     with store.ingest() as ingest:
-
-        def fetch(digest: str, item: BlobTransfer) -> None:
-            dest = ingest.new_path("pull")
-            item.state = "downloading"
-            try:
-                size = client.download_blob(repo, digest, dest, counter=item.counter)
-            except BaseException:
-                item.state = "failed"
-                raise
-            if size != item.size:
-                raise CorruptImageError(
-                    f"blob {digest} is {size} bytes, but the manifest says {item.size}", origin
-                )
-            ingest.add(dest, digest)
-            item.state = "downloaded"
-
         work = []
         for digest, (size, kind) in blobs.items():
             item = transfers.add(digest, size, kind)
             if ingest.find(digest) is not None:
                 item.state = "stored"
                 continue
-            work.append(functools.partial(fetch, digest, item))
+            work.append(functools.partial(_download, client, ingest, repo, item, origin))
         _parallel(jobs or DEFAULT_JOBS, work)
         ingest.commit()
         for digest, manifest_bytes in manifests:
@@ -357,6 +363,52 @@ def pull(
         return store.load(manifests[0][0])
 
 
+def _download(
+    client: RegistryClient, ingest: Ingest, repo: str, item: BlobTransfer, origin: str
+) -> None:
+    """Streams one blob into the batch, hashed on arrival; its size must be the manifest's."""
+    dest = ingest.new_path("pull")
+    item.state = "downloading"
+    try:
+        size = client.download_blob(repo, item.digest, dest, counter=item.counter)
+    except BaseException:
+        item.state = "failed"
+        raise
+    if size != item.size:
+        item.state = "failed"
+        raise CorruptImageError(
+            f"blob {item.digest} is {size} bytes, but the manifest says {item.size}", origin
+        )
+    ingest.add(dest, item.digest)
+    item.state = "downloaded"
+
+
+def fetch_blob(
+    store: Store,
+    client: RegistryClient,
+    repository: str,
+    digest: str,
+    size: int,
+    *,
+    kind: str = "layer",
+    transfers: Transfers | None = None,
+) -> Path:
+    """One blob of ``repository`` into the store, as :func:`pull` fetches each: nothing moves
+    when the store has it; else it streams in hashed on arrival (resumed after a dropped
+    connection), must be ``digest`` and ``size`` bytes, and is synced and renamed in only
+    then. The repository is remembered as a location of the blob (a later push to the same
+    registry mounts it). Returns the blob's path in the store."""
+    if store.has_blob(digest):
+        return store.blob_path(digest)
+    item = (transfers or Transfers()).add(digest, size, kind)
+    origin = f"{client.registry}/{repository}@{digest}"
+    with store.ingest() as ingest:
+        _download(client, ingest, repository, item, origin)
+        ingest.commit()
+    store.record_location(digest, f"{client.registry}/{repository}")
+    return store.blob_path(digest)
+
+
 # -- push -------------------------------------------------------------------------------------
 
 
@@ -374,10 +426,10 @@ def push(
 ) -> PushResult:
     """See :meth:`layercore.Store.push`."""
     ref = Reference.parse(reference)
-    client = _client(ref, insecure=insecure, ca_file=ca_file, credentials=credentials, retry=retry)
+    client = client_for(
+        ref, insecure=insecure, ca_file=ca_file, credentials=credentials, retry=retry
+    )
     transfers = transfers or Transfers()
-    repo = ref.repository
-    target = ref.tag or ref.target
     # (digest, bytes, media type) of each manifest to send, children first; the last is the
     # one the reference names.
     manifests: list[tuple[str, bytes, str]] = []
@@ -397,7 +449,7 @@ def push(
     else:
         data, media_type, digest = store.read_manifest(image)
         if media_type in _INDEX_TYPES:
-            index = _json(data, "the image index", image)
+            index = json_object(data, "the image index", image)
             for entry in index.get("manifests") or []:
                 child, _size, child_type = _descriptor(entry, "the image index", image)
                 if child_type in ("", *_MANIFEST_TYPES):
@@ -405,40 +457,108 @@ def push(
             manifests.append((digest, data, media_type))
         else:
             add_image(store.load(digest))
-    top_digest, top_bytes, top_type = manifests[-1]
+    top_digest = manifests[-1][0]
     if ref.digest is not None and ref.digest != top_digest:
         raise ValueError(
             f"{reference}: the reference's digest is not the image's ({top_digest}); push to "
             "a tag, or to the image's own digest"
         )
+    return _send(client, store, ref, manifests, blob_paths, jobs, transfers)
+
+
+def push_artifact(
+    store: Store,
+    manifest: bytes,
+    reference: str,
+    *,
+    files: Mapping[str, Path] | None = None,
+    remote: Mapping[str, RemoteBlob] | None = None,
+    insecure: bool = False,
+    ca_file: StrPath | None = None,
+    jobs: int | None = None,
+    credentials: Credentials | None = None,
+    retry: RetryPolicy | None = None,
+    transfers: Transfers | None = None,
+) -> PushResult:
+    """Pushes one OCI image manifest that is not an image of the store (an artifact such as
+    the build cache, whose config is no image config) to ``reference``, as :func:`push` pushes
+    an image: nothing if the registry has the manifest; per blob HEAD, mount from a repository
+    of the same registry the store knows holds it, else upload; the manifest last. Its blobs
+    come from ``files`` (digest to a file the caller vouches for: the registry checks it on
+    upload), from ``remote`` (blobs a repository holds: mounted when it is one of the same
+    registry, else fetched and uploaded), or else from the store."""
+    ref = Reference.parse(reference)
+    origin = str(ref)
+    obj = json_object(manifest, "the manifest", origin)
+    blob_paths: dict[str, tuple[Path, int, str]] = {}
+    described = [("config", obj.get("config"))]
+    described += [("layer", layer) for layer in obj.get("layers") or []]
+    for kind, descriptor in described:
+        digest, size, _media_type = _descriptor(descriptor, "the manifest", origin)
+        path = (files or {}).get(digest) or store.blob_path(digest)
+        if not path.is_file() and digest not in (remote or {}):
+            raise ImageNotFoundError(f"the blob {digest} is not in the store", path)
+        blob_paths.setdefault(digest, (path, size, kind))
+    client = client_for(
+        ref, insecure=insecure, ca_file=ca_file, credentials=credentials, retry=retry
+    )
+    media_type = obj.get("mediaType")
+    manifests = [(sha256_digest(manifest), manifest, str(media_type or OCI_MANIFEST))]
+    transfers = transfers or Transfers()
+    return _send(client, store, ref, manifests, blob_paths, jobs, transfers, files, remote)
+
+
+def _send(
+    client: RegistryClient,
+    store: Store,
+    ref: Reference,
+    manifests: list[tuple[str, bytes, str]],
+    blob_paths: dict[str, tuple[Path, int, str]],
+    jobs: int | None,
+    transfers: Transfers,
+    files: Mapping[str, Path] | None = None,
+    remote: Mapping[str, RemoteBlob] | None = None,
+) -> PushResult:
+    """Sends the blobs (each unless present: mounted or uploaded; from the store, from
+    ``files`` or ``remote`` for the digests they have) and then the manifests, children
+    first; the last goes under the reference's tag."""
+    files, remote = files or {}, remote or {}
+    repo = ref.repository
+    target = ref.tag or ref.target
+    top_digest, top_bytes, top_type = manifests[-1]
     shown = str(ref)
     if client.head_manifest(repo, target) == top_digest:
         results = [
             BlobResult(d, size, kind, "present") for d, (_p, size, kind) in blob_paths.items()
         ]
         for d in blob_paths:
-            store.record_location(d, f"{ref.registry}/{repo}")
+            if store.has_blob(d):
+                store.record_location(d, f"{ref.registry}/{repo}")
         return PushResult(shown, top_digest, "present", results)
     location = f"{ref.registry}/{repo}"
     results_by_digest: dict[str, BlobResult] = {}
     lock = threading.Lock()
 
-    def send(digest: str, path: Path, size: int, kind: str, item: BlobTransfer) -> None:
+    def send(digest: str, size: int, kind: str, item: BlobTransfer) -> None:
         item.state = "checking"
         try:
-            result = _push_blob(client, store, repo, ref.registry, digest, path, size, kind, item)
+            file, elsewhere = files.get(digest), remote.get(digest)
+            result = _push_blob(
+                client, store, repo, ref.registry, digest, file, elsewhere, size, kind, item
+            )
         except BaseException:
             item.state = "failed"
             raise
         item.state = result.action
-        store.record_location(digest, location)
+        if store.has_blob(digest):
+            store.record_location(digest, location)
         with lock:
             results_by_digest[digest] = result
 
     work = []
-    for digest, (path, size, kind) in blob_paths.items():
+    for digest, (_path, size, kind) in blob_paths.items():
         item = transfers.add(digest, size, kind)
-        work.append(functools.partial(send, digest, path, size, kind, item))
+        work.append(functools.partial(send, digest, size, kind, item))
     with store.writing():
         _parallel(jobs or DEFAULT_JOBS, work)
         for digest, data, media_type in manifests[:-1]:
@@ -454,17 +574,22 @@ def _push_blob(
     repo: str,
     registry: str,
     digest: str,
-    path: Path,
+    file: Path | None,
+    elsewhere: RemoteBlob | None,
     size: int,
     kind: str,
     item: BlobTransfer,
 ) -> BlobResult:
-    """HEAD, then mount from a repository the store knows holds it, else upload."""
+    """HEAD, then mount from a repository the store (or ``elsewhere``) knows holds it, else
+    upload: ``file``, or the store's blob (fetched first when ``elsewhere`` has it)."""
     if client.has_blob(repo, digest, push=True):
         return BlobResult(digest, size, kind, "present")
     upload_at: str | None = None
     prefix = f"{registry}/"
-    for known in store.blob_locations(digest):
+    holders = store.blob_locations(digest)
+    if elsewhere is not None and elsewhere.location not in holders:
+        holders.append(elsewhere.location)
+    for known in holders:
         if not known.startswith(prefix) or known == f"{registry}/{repo}":
             continue
         source = known.removeprefix(prefix)
@@ -478,7 +603,10 @@ def _push_blob(
             return BlobResult(digest, size, kind, "mounted", mounted_from=source)
         break
     item.state = "uploading"
-    blob = store.open_blob(digest)
+    if file is None and elsewhere is not None and not store.has_blob(digest):
+        elsewhere.fetch()
+    # A blob of the store is checked before it is sent; a caller's file goes as it is.
+    blob = file if file is not None else store.open_blob(digest)
     before = item.counter.value
     client.upload_blob(repo, digest, blob, size, location=upload_at, counter=item.counter)
     return BlobResult(digest, size, kind, "uploaded", bytes_sent=item.counter.value - before)
