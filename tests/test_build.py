@@ -155,6 +155,27 @@ def test_same_input_same_digest(store: Store, tmp_path: Path) -> None:
     assert one.digest == two.digest
 
 
+def test_a_directory_a_run_made_has_the_layer_mtime_in_later_steps(
+    store: Store, tmp_path: Path
+) -> None:
+    """A RUN's snapshot keeps the real mtimes its layer clamps to SOURCE_DATE_EPOCH; a later
+    WORKDIR (or COPY) into a directory the RUN made takes the layer's mtime, not the
+    snapshot's: two builds a second apart, every step run, give one digest."""
+    import time
+
+    ctx = context(tmp_path, "FROM busybox:test\nRUN mkdir -p /out/sub\nWORKDIR /out/sub\n")
+    one = layercore.build(ctx, store=store, source_date_epoch=EPOCH, no_cache=True)
+    time.sleep(1.1)
+    two = layercore.build(ctx, store=store, source_date_epoch=EPOCH, no_cache=True)
+    assert one.digest == two.digest
+    workdir = next(s for s in two.steps if s.instruction.startswith("WORKDIR"))
+    assert workdir.layer is not None
+    layer = layercore.Layer.open(store.blob_path(workdir.layer))
+    assert {e.path.rstrip("/"): e.mtime for e in layer.entries()} == {
+        "out": EPOCH, "out/sub": EPOCH
+    }  # fmt: skip
+
+
 def test_copy_rules(store: Store, tmp_path: Path) -> None:
     ctx = context(
         tmp_path,

@@ -94,7 +94,7 @@ def test_every_change_to_a_source_misses_and_says_what(tmp_path: Path) -> None:
     os.setxattr(a, "user.tag", b"1")
     assert rebuild()[1] == (4, False, "COPY app/ ./: 1 file changed: a.txt (xattrs)")
     (ctx / "app" / "sub" / "b.txt").rename(ctx / "app" / "sub" / "c.txt")
-    assert rebuild()[1] == (4, False, "COPY app/ ./: 1 files added, 1 removed")
+    assert rebuild()[1] == (4, False, "COPY app/ ./: 1 file added, 1 removed")
     # One mode change over many files is named as such.
     os.chmod(a, 0o644)
     rebuild()
@@ -141,7 +141,7 @@ def test_explain_and_json_on_the_command_line(tmp_path: Path) -> None:
         [*command, "--explain", "--progress", "plain", str(ctx)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert "COPY app/ ./: 1 files added, 0 removed" in done.stderr
+    assert "COPY app/ ./: 1 file added, 0 removed" in done.stderr
     assert "new.txt (added)" in done.stderr and "parent changed (line 4)" in done.stderr
     assert "CACHED" in done.stderr  # the WORKDIR step, in the progress lines
     as_json = subprocess.run(

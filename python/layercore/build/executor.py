@@ -614,9 +614,15 @@ class _Build:
         fetched yet into the store (downloaded, verified against their digest and size), and
         keeps their records there, so the next build hits them in the store. A layer that
         cannot be fetched fails the build (its step was taken from the cache already)."""
-        if self.pending:
-            for layer in layers:
-                self.fetch_layer(layer.digest)
+        waiting = [layer.digest for layer in layers if layer.digest in self.pending]
+        if len(waiting) > 1:
+            # Several at once (the saved image's, a RUN's), as a pull downloads them.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(len(waiting), 4), "layercore-fetch") as pool:
+                list(pool.map(self.fetch_layer, waiting))
+        elif waiting:
+            self.fetch_layer(waiting[0])
 
     def fetch_layer(self, digest: str) -> None:
         """:meth:`materialize` for one layer digest; nothing if it is not waiting."""
@@ -787,8 +793,12 @@ class _Build:
 
         # The directories' attributes but a new one's mtime (the build's time) make the key,
         # and the user a new one is made for.
-        shown = self.recorded_dirs(stage, image, wd, user)
-        if shown is None:
+        parent = self.chain[stage.index][0]
+        recorded = self.recorded_inputs(
+            stage, image, "WORKDIR", parent, {"workdir": wd, "user": user}
+        )
+        shown = recorded.get("dirs") if recorded is not None else None
+        if not isinstance(shown, list):
             shown = [[d.mode, d.uid, d.gid] for d in attrs()]
         layer = self.cached(stage, ins, {"workdir": wd, "dirs": shown, "user": user}, make)
         image = image.with_runtime_config(state.config, history=False)
@@ -796,42 +806,45 @@ class _Build:
             layer, created_by=f"WORKDIR {wd}", comment=BUILDKIT_COMMENT, created=self.created()
         )
 
-    def recorded_dirs(
-        self, stage: Stage, image: Image, wd: str, user: str
-    ) -> list[list[int]] | None:
-        """The attributes a ``WORKDIR``'s directories had in the ``--cache-from`` record of
-        this step, when the layers below it hit in a cache and were not fetched: their tree
-        is that of the cache's build (the parent key names it, as it does for any step that
-        hit), so the layers need not be fetched just to look at it. None otherwise."""
+    def recorded_inputs(
+        self, stage: Stage, image: Image, keyword: str, parent: str, known: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """The inputs of this step's ``--cache-from`` record (the one after ``parent`` with
+        ``keyword`` and the ``known`` inputs, and whose key they make), when the layers of
+        ``image`` hit in a cache and were not fetched: their tree is that of the cache's build
+        (the parent key names it, as it does for any step that hit), so what the step's key
+        needs from the tree (a WORKDIR's directory attributes, whether a COPY's destination
+        is a directory) is read from the record instead of fetching the layers to look.
+        None otherwise."""
         if self.remote is None or self.forced(stage):
             return None
         with self._pending_lock:
             if not any(layer.digest in self.pending for layer in image.layers):
                 return None
-        parent = self.chain[stage.index][0]
         for record in self.remote.children(parent):
             inputs = record.get("inputs") or {}
             if (
-                record.get("keyword") == "WORKDIR"
-                and inputs.get("workdir") == wd
-                and inputs.get("user") == user
-                and _key({"parent": parent, "keyword": "WORKDIR", **inputs}) == record["key"]
+                record.get("keyword") == keyword
+                and all(inputs.get(k) == v for k, v in known.items())
+                and _key({"parent": parent, "keyword": keyword, **inputs}) == record["key"]
             ):
-                dirs = inputs.get("dirs")
-                if isinstance(dirs, list):
-                    return dirs
+                return dict(inputs)
         return None
 
     def dir_attrs(self, image: Image, rel: str, uid: int, gid: int) -> list[DirAttrs]:
         """Attributes for each directory of ``rel``: an existing one keeps its own, a new one
-        is 0755 and owned by ``uid:gid``."""
+        is 0755 and owned by ``uid:gid``. With a ``source_date_epoch`` an existing one's mtime
+        is clamped to it, as every other mtime in the layers this build writes: a RUN's
+        snapshot holds the real mtimes its layer clamped, and the layer must not depend on
+        which of the two the lookup read."""
         out = []
         parts = [p for p in rel.split("/") if p]
         mtime = self.created()
         for i in range(len(parts)):
             entry = self.lookup(image, "/".join(parts[: i + 1]))
             if entry is not None and entry.kind == "dir":
-                out.append(DirAttrs(entry.mode, entry.uid, entry.gid, entry.mtime))
+                kept = entry.mtime if self.epoch is None else min(entry.mtime, self.epoch)
+                out.append(DirAttrs(entry.mode, entry.uid, entry.gid, kept))
             else:
                 out.append(DirAttrs(0o755, uid, gid, mtime))
         return out
@@ -943,7 +956,13 @@ class _Build:
         link = ins.flag("link") not in (None, "false")
         dest = dest_word if dest_word.startswith("/") else posixpath.join(state.workdir, dest_word)
         dest = "/" + posixpath.normpath(dest).lstrip("/") if dest != "/" else "/"
-        existing = self.lookup(image, dest.strip("/")) if dest != "/" else None
+        looked: list[_Found | None] = []
+
+        def existing() -> _Found | None:
+            """What the image has at the destination (looked up once, when needed)."""
+            if not looked:
+                looked.append(self.lookup(image, dest.strip("/")) if dest != "/" else None)
+            return looked[0]
 
         def write(keyed: bool) -> Layer:
             """Selects, stages and writes the layer; unless ``keyed`` already (sources from the
@@ -977,7 +996,7 @@ class _Build:
                 or dest_word.endswith("/")
                 or dest_word in (".", "")
                 or dest == "/"
-                or (existing is not None and existing.kind == "dir")
+                or ((there := existing()) is not None and there.kind == "dir")
             )
             if len(matches) > 1 and not named_dir:
                 raise self.fail(
@@ -1130,9 +1149,18 @@ class _Build:
                 "chmod": chmod,
                 "flags": flags,
                 "from": _core.chain_id(list(src.diff_ids)) if src.layers else "scratch",
-                # Whether the destination is a directory below decides where the files go.
-                "dest_is_dir": existing is not None and existing.kind == "dir",
             }
+            # Whether the destination is a directory below decides where the files go.
+            recorded = self.recorded_inputs(
+                stage, image, ins.keyword, _LINKED if link else self.chain[stage.index][0],
+                from_inputs,
+            )  # fmt: skip
+            if recorded is not None and isinstance(recorded.get("dest_is_dir"), bool):
+                from_inputs["dest_is_dir"] = recorded["dest_is_dir"]
+            else:
+                from_inputs["dest_is_dir"] = (
+                    found := existing()
+                ) is not None and found.kind == "dir"
             layer = self.cached(stage, ins, from_inputs, lambda: write(True), linked=link)
         else:
             layer = write(False)
@@ -2039,7 +2067,8 @@ def _explain_files(
         noun = "file" if len(changed) == 1 else "files"
         parts.append(f"{len(changed)} {noun} changed: {changed[0][0]} ({changed[0][1]})")
     if added or removed:
-        parts.append(f"{len(added)} files added, {len(removed)} removed")
+        noun = "file" if len(added) == 1 else "files"
+        parts.append(f"{len(added)} {noun} added, {len(removed)} removed")
         evidence += [f"{n} (added)" for n in added] + [f"{n} (removed)" for n in removed]
     reason = f"{text}: " + ("; ".join(parts) or "sources changed")
     return reason, evidence[:10], len(evidence)

@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
-from layercore.cli.output import borderless_table, short_digest
+from layercore.cli.output import borderless_table, plain_table, short_digest
 from layercore.cli.parser import Commands
 from layercore.cli.session import Session, UsageError
 
@@ -359,7 +359,7 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
         columns = ["STEP", "LINE", "INSTRUCTION", "LAYER", "CACHE", "SECONDS"]
         if args.explain:
             columns.append("WHY")
-        table = borderless_table(*columns, right=("LINE", "SECONDS"))
+        rows = []
         for step in result.steps:
             row = [
                 step.stage,
@@ -375,10 +375,16 @@ def _cmd_build(args: argparse.Namespace, session: Session) -> int:
                     more = step.evidence_count - len(step.evidence)
                     why += "\n" + "\n".join(step.evidence) + (f"\n(+{more} more)" if more else "")
                 row.append(why)
-            table.add_row(*row)
-        from rich.console import Console
+            rows.append(row)
+        if sys.stderr.isatty():
+            from rich.console import Console
 
-        Console(file=sys.stderr, highlight=False, markup=False, emoji=False).print(table)
+            table = borderless_table(*columns, right=("LINE", "SECONDS"))
+            for row in rows:
+                table.add_row(*row)
+            Console(file=sys.stderr, highlight=False, markup=False, emoji=False).print(table)
+        else:
+            print(plain_table(columns, rows, right=("LINE", "SECONDS")), file=sys.stderr)
         for export in result.cache_exports:
             print(
                 f"cache: {export.records} records ({export.layers} layers, mode={export.mode}) "

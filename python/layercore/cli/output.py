@@ -61,6 +61,32 @@ def borderless_table(*columns: str, right: Sequence[str] = ()) -> Table:
     return table
 
 
+def plain_table(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[str] = ()
+) -> str:
+    """:func:`borderless_table`'s layout as plain text, for a stream that is not a terminal
+    (a CI log): columns two spaces apart, nothing wrapped, a cell's further lines (after a
+    newline) on lines of their own under it. Costs no rich import."""
+    split = [[cell.split("\n") for cell in row] for row in rows]
+    widths = [
+        max([len(name)] + [len(line) for row in split for line in row[i]])
+        for i, name in enumerate(columns)
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [
+            c.rjust(w) if name in right else c.ljust(w)
+            for c, w, name in zip(cells, widths, columns, strict=True)
+        ]
+        return "  ".join(out).rstrip()
+
+    lines = [line(columns)]
+    for row in split:
+        for k in range(max(len(cell) for cell in row)):
+            lines.append(line([cell[k] if k < len(cell) else "" for cell in row]))
+    return "\n".join(lines)
+
+
 def layer_json(layer: Layer) -> dict[str, Any]:
     """A layer's descriptor and where its blob is, as ``--json`` prints it."""
     return {
