@@ -11,7 +11,7 @@ BUILD_VENV := .venv-build
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := tar pigz zstd openssl libarchive-tools busybox-static attr umoci libcap2-bin util-linux \
-	skopeo oci-image-tool buildah docker-registry apache2-utils curl bubblewrap
+	skopeo oci-image-tool buildah docker-registry apache2-utils curl bubblewrap chromium
 SRC_RS := build.rs Cargo.toml Cargo.lock $(shell find rust -name '*.rs')
 SRC_PY := $(shell find python -name '*.py' -o -name '*.pyi' -o -name py.typed)
 

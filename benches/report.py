@@ -794,6 +794,36 @@ def store_targets(res: Results, add: Any) -> None:
             extra is not None and (extra <= 30 or required == "—"),
             f"{extra:.0f} ms" if extra is not None else "",
         )
+    for name, group, tree, needed, required in (
+        (
+            "waste analysis (`layercore waste --json`) vs `dive --ci`, whole processes",
+            "analysis/waste-50k",
+            "5 layers, 50,000 entries",
+            5.0,
+            "≥ 5x",
+        ),
+        (
+            "`explain` of two layers vs indexing both (in one process)",
+            "analysis/explain-20k",
+            "2 layers of 20,000 entries",
+            1.0,
+            "no slower (≥ 1x)",
+        ),
+    ):
+        r = paired_ratio(res, group)
+        add(name, tree, required, r, r is not None and r >= needed, fmt_ratio(r))
+    b = res.subject("analysis/waste-50k")
+    rss = b.info.get("rss_kib") if b is not None else None
+    kib = rss.get("waste") if isinstance(rss, dict) else None
+    mib = None if kib is None else kib / 1024
+    add(
+        "peak RSS of `layercore waste` (whole process)",
+        "5 layers, 50,000 entries",
+        "< 100 MiB",
+        mib,
+        mib is not None and mib < 100,
+        f"{mib:.0f} MiB" if mib is not None else "",
+    )
     b = res.subject("build-rss/two-stages")
     rss = b.info.get("rss_kib") if b is not None else None
     kib = rss.get("build") if isinstance(rss, dict) else None

@@ -131,7 +131,7 @@ def test_every_command_is_listed() -> None:
             "layer", "layer create", "image", "image new", "image append", "image config",
             "images", "inspect", "history", "ls", "cat", "which", "diff", "flatten", "squash",
             "build", "export", "import", "pull", "push", "copy", "login", "logout", "tag", "rm",
-            "gc", "prune", "du", "verify",
+            "gc", "prune", "du", "verify", "waste", "report", "explain",
         ]
     )  # fmt: skip
 

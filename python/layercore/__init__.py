@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from layercore import build, errors
     from layercore._core import Digester, Entry, build_profile, chain_id, sha256_file
+    from layercore.analysis.explain import Explanation, explain
     from layercore.container import Container, ContainerEntry
     from layercore.diff import from_diff, from_overlay_upper
     from layercore.errors import (
@@ -42,6 +43,7 @@ _WHERE = {
     "errors": None,
     **dict.fromkeys(["Digester", "Entry", "build_profile", "chain_id", "sha256_file"], "_core"),
     **dict.fromkeys(["Container", "ContainerEntry"], "container"),
+    **dict.fromkeys(["Explanation", "explain"], "analysis.explain"),
     **dict.fromkeys(["from_diff", "from_overlay_upper"], "diff"),
     **dict.fromkeys(
         [
@@ -96,6 +98,7 @@ __all__ = [
     "DirAttrs",
     "DiskUsage",
     "Entry",
+    "Explanation",
     "GcReport",
     "HistoryEntry",
     "Image",
@@ -118,6 +121,7 @@ __all__ = [
     "build_profile",
     "chain_id",
     "errors",
+    "explain",
     "from_diff",
     "from_overlay_upper",
     "sha256_file",

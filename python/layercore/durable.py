@@ -1,15 +1,16 @@
 """Making writes durable: fsync of a file and of the directory that names it.
 
 Both the store and the transports that write layouts and archives outside it rename complete,
-synced files into place; these are the two calls they share.
+synced files into place; these are the calls they share.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_dir", "fsync_path"]
+__all__ = ["fsync_dir", "fsync_path", "write_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -28,3 +29,20 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` (mode 0644): a temp file beside it, fsync'd, renamed over it, the
+    directory fsync'd; a reader sees the old file or the whole new one, never a part."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

@@ -30,6 +30,7 @@ from layercore.layer import Compression, Layer, StrPath
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from layercore.analysis.waste import Analysis, SquashSavings
     from layercore.stack import Stack
 
 __all__ = [
@@ -822,6 +823,35 @@ class Image:
             result.append((None, entry) if entry.empty_layer else (next(layers), entry))
         result.extend((layer, HistoryEntry()) for layer in layers)
         return result
+
+    def analyze(self, base: Image | None = None, *, top: int = 10) -> Analysis:
+        """Where this image's bytes go, from its layers' entries without extracting anything:
+        per layer the bytes the final image shows and those later layers hide (by cause and
+        by hider), the totals, and the ``top`` paths that waste most (see
+        :mod:`layercore.analysis.waste`). ``base``, the image this one was built from, marks
+        its layers."""
+        from layercore.analysis.waste import analyze
+
+        return analyze(self, base, top=top)
+
+    def squash_savings(self, start: int, end: int) -> SquashSavings:
+        """What :meth:`squash` of layers ``start..end`` (end exclusive) would remove: exact
+        uncompressed bytes and the paths they are, without writing a layer."""
+        from layercore.analysis.waste import squash_savings
+
+        return squash_savings(self, start, end)
+
+    def with_annotations(self, annotations: Mapping[str, str | None]) -> Image:
+        """This image with its manifest's annotations merged with ``annotations`` (None
+        deletes a key); config, layers and history are unchanged."""
+        merged = {**(self._manifest.get("annotations") or {}), **annotations}
+        manifest = {k: v for k, v in self._manifest.items() if k != "annotations"}
+        present = {k: v for k, v in merged.items() if v is not None}
+        if present:
+            manifest["annotations"] = present
+        return Image(
+            canonical_json(manifest), self.config_bytes, self.layers, index_dir=self._index_dir
+        )
 
     # -- building changed images ---------------------------------------------------------------
 

@@ -99,7 +99,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, get_args
 
 from layercore._core import copy_blob, verify_layer
-from layercore.durable import fsync_dir, fsync_path
+from layercore.durable import fsync_dir, fsync_path, write_atomic
 from layercore.errors import (
     CorruptImageError,
     CorruptLayerError,
@@ -892,7 +892,7 @@ def _write_layout(
                 dest,
             )
         else:
-            _write_atomic(layout, _LAYOUT_BYTES)
+            write_atomic(layout, _LAYOUT_BYTES)
         blob_dir = dest / "blobs" / "sha256"
         blob_dir.mkdir(parents=True, exist_ok=True)
         # Every blob is copied first and fsync'd after: each copy overlaps the writeback of the
@@ -934,7 +934,7 @@ def _write_layout(
                 e for e in manifests if REF_NAME in _annotations(e) or e["digest"] != image.digest
             ]
             entry = _index_entry(image, {})
-        _write_atomic(index_path, canonical_json({**index, "manifests": [*kept, entry]}))
+        write_atomic(index_path, canonical_json({**index, "manifests": [*kept, entry]}))
 
 
 def _write_archive(
@@ -1682,19 +1682,3 @@ def _read_small_file(path: Path) -> bytes:
     if len(data) > _MAX_JSON_BYTES:
         raise CorruptImageError(f"larger than {_MAX_JSON_BYTES} bytes", path)
     return data
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """``data`` at ``path``: a temp file beside it, fsync'd, renamed over it."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)

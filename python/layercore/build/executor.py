@@ -96,6 +96,9 @@ _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MOUNT_POINTS = ("proc", "dev", "etc/hosts", "etc/resolv.conf")
 _HOST_FILES = ("/etc/hosts", "/etc/resolv.conf")
 _OUTPUT_LINES = 20
+#: The manifest annotations that name the base image (OCI image-spec annotations.md).
+_BASE_DIGEST = "org.opencontainers.image.base.digest"
+_BASE_NAME = "org.opencontainers.image.base.name"
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,7 @@ def build(
         runner.materialize(image.layers)
         if labels:
             image = runner.add_labels(image, labels)
+        image = image.with_annotations(runner.base_annotations())
         image = store.save(image)
         for tag in tags:
             store.save(image, tag)
@@ -316,6 +320,7 @@ class _Build:
         self.progress = progress
         self.steps: list[BuildStep] = []
         self.images: dict[int, Image] = {}
+        self.froms: dict[int, str] = {}  # stage -> the digest of the image its FROM names
         self.trees: dict[str, Path] = {}  # extracted trees of stages/images, for COPY --from
         self.rootfs: dict[int, tuple[list[str], Path]] = {}  # stage -> (diff_ids, rootfs dir)
         self.linked: dict[str, Path] = {}  # chain_id -> a COPY layer's snapshot of links
@@ -407,7 +412,27 @@ class _Build:
             return self.images[stage.base_stage]
         if stage.base == "scratch":
             return Image.scratch(created=self.epoch or 0)
-        return self.image(stage.base, stage.origin)
+        image = self.image(stage.base, stage.origin)
+        self.froms[stage.index] = image.digest
+        return image
+
+    def base_annotations(self) -> dict[str, str | None]:
+        """The manifest annotations naming the image the target stage starts from, through
+        the stages it is built on (what BuildKit writes); None (removed, not inherited from
+        the base's own manifest) when that is ``scratch``."""
+        stage = self.plan.target
+        while stage.base_stage is not None:
+            stage = self.plan.stages[stage.base_stage]
+        digest = self.froms.get(stage.index)
+        if digest is None:
+            return {_BASE_DIGEST: None, _BASE_NAME: None}
+        from layercore.imageref import Reference
+
+        try:
+            name = Reference.parse(stage.base).qualified
+        except ValueError:
+            name = stage.base
+        return {_BASE_DIGEST: digest, _BASE_NAME: name}
 
     def image(self, ref: str, ins: Instruction) -> Image:
         """An image by tag or digest from the store, else pulled once from its registry."""

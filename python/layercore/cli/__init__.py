@@ -31,7 +31,19 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from layercore.cli import build, image, inspect, layer, registry, rewrite, store, transport
+from layercore.cli import (
+    analysis,
+    build,
+    explain,
+    image,
+    inspect,
+    layer,
+    registry,
+    report,
+    rewrite,
+    store,
+    transport,
+)
 from layercore.cli.inspect import diff_images
 from layercore.cli.parser import Commands, Formatter, epilog
 from layercore.cli.session import Handler, Session, UsageError, print_error
@@ -54,6 +66,9 @@ _GROUPS: tuple[Callable[[Commands], None], ...] = (
     layer.register,
     image.register,
     inspect.register,
+    report.register,
+    analysis.register,
+    explain.register,
     rewrite.register,
     build.register,
     transport.register,

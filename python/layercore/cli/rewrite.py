@@ -1,8 +1,8 @@
 """``layercore flatten`` and ``squash``: rewrite an image's layers into fewer that show the same
 merged view, and save the result as a new image.
 
-It may import ``cli.session``, ``cli.parser``, and ``cli.layer`` for the options of the layer it
-writes.
+It may import ``cli.session``, ``cli.parser``, ``cli.layer`` for the options of the layer it
+writes, and ``cli.analysis`` for ``squash --dry-run``.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def register(commands: Commands) -> None:
         """
         Merges layers START..END (END exclusive, bottom = 0) into one layer that shows
         exactly what they showed, keeps the others, and saves the image under IMAGE (if it is
-        a tag) or NEW.
+        a tag) or NEW. With --dry-run nothing is written: it prints the exact uncompressed
+        bytes the squash would remove and the paths they are (saved_bytes in the JSON).
         """,
-        ["layercore squash app:1 1 4 --tag app:1-squashed"],
+        ["layercore squash app:1 1 4 --tag app:1-squashed", "layercore squash app:1 1 4 --dry-run"],
         json=True,
     )
     p.add_argument("image", metavar="IMAGE", help="a tag or a digest")
@@ -51,6 +52,11 @@ def register(commands: Commands) -> None:
     p.add_argument("end", metavar="END", type=int)
     p.add_argument("--tag", metavar="NEW", help="save under NEW instead of IMAGE")
     p.add_argument("--created-by", metavar="S", help="default: layercore squash START..END")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write nothing: show the bytes the squash would remove and which paths they are",
+    )
     add_build_options(p)
 
 
@@ -76,6 +82,11 @@ def _cmd_squash(args: argparse.Namespace, session: Session) -> int:
             f"squash: START..END must satisfy 0 <= START < END <= {count} "
             f"(image {args.image} has {count} layers), not {args.start}..{args.end}"
         )
+    if args.dry_run:
+        from layercore.cli.analysis import print_squash_savings
+
+        savings = image.squash_savings(args.start, args.end)
+        return print_squash_savings(session, args.image, savings)
     tag = out_tag(session, args.image, args.tag)
     with session.progress(f"squashing layers {args.start}..{args.end} of {args.image}"):
         squashed = session.store.squash(image, args.start, args.end, tag, **_rewrite_options(args))
