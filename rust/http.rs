@@ -36,8 +36,15 @@ pub struct ClientOptions {
     pub ca_pem: Vec<Vec<u8>>,
     pub user_agent: String,
     pub connect_timeout: Duration,
-    /// The longest wait for one read or write on a connection; the whole transfer has no limit.
+    /// The longest wait for one read or write on a connection.
     pub io_timeout: Duration,
+    /// The longest a request with a small reply (an API call, a manifest, a token) may take
+    /// in all, and the longest wait for the head of a blob transfer's reply: a registry that
+    /// trickles a byte at a time (slow loris) cannot hold a request open for ever.
+    pub request_timeout: Duration,
+    /// The slowest a blob body may arrive: fewer than `min_rate * io_timeout` bytes in any
+    /// `io_timeout` window fails the download (as curl's `--speed-limit`/`--speed-time`).
+    pub min_rate: u64,
 }
 
 impl Default for ClientOptions {
@@ -48,6 +55,8 @@ impl Default for ClientOptions {
             user_agent: format!("layercore/{}", env!("CARGO_PKG_VERSION")),
             connect_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(120),
+            min_rate: 1024,
         }
     }
 }
@@ -111,6 +120,9 @@ impl Counter {
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
+    request_timeout: Duration,
+    io_timeout: Duration,
+    min_rate: u64,
 }
 
 fn system_roots() -> &'static [Certificate<'static>] {
@@ -169,6 +181,9 @@ impl Client {
             .build();
         Ok(Client {
             agent: config.into(),
+            request_timeout: options.request_timeout,
+            io_timeout: options.io_timeout,
+            min_rate: options.min_rate,
         })
     }
 
@@ -197,9 +212,16 @@ impl Client {
     ) -> Result<Reply> {
         let req = self.request(method, url, headers)?;
         let url = req.url.clone();
+        let whole = Some(self.request_timeout);
         let response = match body {
-            Some(data) => self.agent.run(req.build(data)?),
-            None => self.agent.run(req.build(())?),
+            Some(data) => {
+                let request = self.agent.configure_request(req.build(data)?);
+                self.agent.run(request.timeout_global(whole).build())
+            }
+            None => {
+                let request = self.agent.configure_request(req.build(())?);
+                self.agent.run(request.timeout_global(whole).build())
+            }
         }
         .map_err(|e| network(&url, &e, 0))?;
         read_reply(response, &url, max_body)
@@ -213,12 +235,19 @@ impl Client {
     /// and returns [`Error::Network`], so calling again resumes. With `expected` the finished
     /// file must hash to it, else it is removed and [`Error::DigestMismatch`] returned. A
     /// reply other than 200/206 is returned with its (small) body and `dest` untouched.
+    ///
+    /// With `max_size` (the descriptor's size) a body that grows past it (a reply that never
+    /// ends) is cut off, `dest` removed, and [`Error::DigestMismatch`] (`what` `"size"`)
+    /// returned. The reply's head must arrive within the request timeout, and the body at
+    /// no less than the minimum rate (see [`ClientOptions`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn download(
         &self,
         url: &str,
         headers: &[(String, String)],
         dest: &Path,
         expected: Option<&str>,
+        max_size: Option<u64>,
         counter: &Counter,
         check: &dyn Fn() -> Result<()>,
     ) -> Result<Download> {
@@ -232,10 +261,12 @@ impl Client {
             headers.push(("Range".to_owned(), format!("bytes={have}-")));
         }
         let req = self.request("GET", url, &headers)?;
-        let response = self
+        let request = self
             .agent
-            .run(req.build(())?)
-            .map_err(|e| network(url, &e, 0))?;
+            .configure_request(req.build(())?)
+            .timeout_recv_response(Some(self.request_timeout))
+            .build();
+        let response = self.agent.run(request).map_err(|e| network(url, &e, 0))?;
         let status = response.status().as_u16();
         let resumed = status == 206 && have > 0 && range_starts_at(&response, have);
         if status == 416 && have > 0 {
@@ -277,7 +308,22 @@ impl Client {
         };
         let resumed_from = if resumed { have } else { 0 };
         let mut body = response.into_body().into_reader();
-        let hasher = pipelined_receive(&mut body, &mut file, hasher, dest, url, counter, check)?;
+        let pace = Pace {
+            window: self.io_timeout,
+            min_rate: self.min_rate,
+            max_size: max_size.map(|m| m.saturating_sub(resumed_from)),
+        };
+        let received = pipelined_receive(
+            &mut body, &mut file, hasher, dest, url, counter, check, &pace,
+        );
+        let hasher = match received {
+            Err(e @ Error::DigestMismatch { .. }) => {
+                drop(file);
+                remove(dest)?;
+                return Err(e);
+            }
+            other => other?,
+        };
         drop(file);
         let size = hasher.len();
         let digest = hasher.finish();
@@ -446,11 +492,22 @@ fn read_reply(response: ureq::http::Response<ureq::Body>, url: &str, max: u64) -
         .limit(max)
         .reader()
         .read_to_end(&mut body)
-        .map_err(|e| Error::Network {
-            url: url.to_owned(),
-            detail: format!("cannot read the reply (at most {max} bytes are read): {e}"),
-            transferred: 0,
-            retriable: true,
+        .map_err(|e| {
+            let too_large = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+                .is_some_and(|inner| matches!(inner, ureq::Error::BodyExceedsLimit(_)));
+            Error::Network {
+                url: url.to_owned(),
+                detail: if too_large {
+                    format!("the reply is larger than the {max} bytes accepted")
+                } else {
+                    format!("cannot read the reply (at most {max} bytes are read): {e}")
+                },
+                transferred: 0,
+                // Asking again brings the same oversized reply.
+                retriable: !too_large,
+            }
         })?;
     reply.body = body;
     Ok(reply)
@@ -494,6 +551,15 @@ const PIPELINE_BUF: usize = 1 << 20;
 /// at `PIPELINE_BUFFERS` buffers whatever the blob's size. On a connection loss what arrived
 /// is in `file` (hashed or not, the next attempt re-hashes the prefix) and the error says how
 /// many bytes this attempt moved.
+/// How a blob body must arrive: at least `min_rate` bytes a second over every `window`, and
+/// (when known) no more than `max_size` bytes.
+struct Pace {
+    window: Duration,
+    min_rate: u64,
+    max_size: Option<u64>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn pipelined_receive(
     body: &mut dyn Read,
     file: &mut File,
@@ -502,6 +568,7 @@ fn pipelined_receive(
     url: &str,
     counter: &Counter,
     check: &dyn Fn() -> Result<()>,
+    pace: &Pace,
 ) -> Result<Digester> {
     use std::sync::mpsc::sync_channel;
     let (to_hasher, filled) = sync_channel::<(Vec<u8>, usize)>(PIPELINE_BUFFERS);
@@ -524,6 +591,9 @@ fn pipelined_receive(
         let received = (|| -> Result<()> {
             let mut moved = 0u64;
             let mut since_check = 0u64;
+            let min_in_window = pace.min_rate.saturating_mul(pace.window.as_secs().max(1));
+            let mut window_start = std::time::Instant::now();
+            let mut window_bytes = 0u64;
             loop {
                 let mut buf = empty
                     .recv()
@@ -544,6 +614,34 @@ fn pipelined_receive(
                 };
                 if n == 0 {
                     return Ok(());
+                }
+                if let Some(max) = pace.max_size {
+                    if moved + n as u64 > max {
+                        return Err(Error::DigestMismatch {
+                            path: dest.to_path_buf(),
+                            what: "size",
+                            expected: max.to_string(),
+                            actual: format!("more than {max} bytes (the reply did not end)"),
+                        });
+                    }
+                }
+                window_bytes += n as u64;
+                if window_start.elapsed() >= pace.window {
+                    if window_bytes < min_in_window {
+                        return Err(Error::Network {
+                            url: url.to_owned(),
+                            detail: format!(
+                                "the blob arrives too slowly: {window_bytes} bytes in {:.0} s, \
+                                 below {} bytes/s",
+                                window_start.elapsed().as_secs_f64(),
+                                pace.min_rate
+                            ),
+                            transferred: moved,
+                            retriable: false,
+                        });
+                    }
+                    window_start = std::time::Instant::now();
+                    window_bytes = 0;
                 }
                 file.write_all(&buf[..n])
                     .map_err(|e| Error::io(dest, "cannot write the download", e))?;
@@ -674,6 +772,66 @@ mod tests {
     }
 
     #[test]
+    fn a_body_longer_than_the_descriptor_is_cut_off_and_removed() {
+        let (url, server) = serve(1, |_, _| ok(&[b'x'; 10_000], ""));
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("blob");
+        let client = Client::new(&ClientOptions::default()).unwrap();
+        let err = client
+            .download(
+                &url,
+                &[],
+                &dest,
+                None,
+                Some(1000),
+                &Counter::new(),
+                &no_check,
+            )
+            .unwrap_err();
+        match err {
+            Error::DigestMismatch { what, expected, .. } => {
+                assert_eq!((what, expected.as_str()), ("size", "1000"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!dest.exists());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_trickled_reply_ends_at_the_request_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            for byte in b"HTTP/1.1 200 OK\r\nX-Pad: "
+                .iter()
+                .chain([b'p'; 1000].iter())
+            {
+                if stream.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let client = Client::new(&ClientOptions {
+            io_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(1500),
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = client
+            .send("GET", &url, &[], None, MAX_SMALL_BODY)
+            .unwrap_err();
+        assert!(matches!(err, Error::Network { .. }), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(4));
+        server.join().unwrap();
+    }
+
+    #[test]
     fn download_hashes_and_resumes_with_range() {
         let blob: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let expected = crate::digest::format_sha256(&{
@@ -716,7 +874,7 @@ mod tests {
         let dest = dir.path().join("blob.partial");
         let client = Client::new(&ClientOptions::default()).unwrap();
         let counter = Counter::new();
-        let first = client.download(&url, &[], &dest, Some(&expected), &counter, &no_check);
+        let first = client.download(&url, &[], &dest, Some(&expected), None, &counter, &no_check);
         match first {
             Err(Error::Network {
                 transferred,
@@ -730,7 +888,7 @@ mod tests {
         }
         assert_eq!(std::fs::metadata(&dest).unwrap().len(), 300_000);
         let done = client
-            .download(&url, &[], &dest, Some(&expected), &counter, &no_check)
+            .download(&url, &[], &dest, Some(&expected), None, &counter, &no_check)
             .unwrap();
         assert_eq!(done.digest.as_deref(), Some(expected.as_str()));
         assert_eq!(done.size, 1_000_000);
@@ -752,7 +910,15 @@ mod tests {
         let client = Client::new(&ClientOptions::default()).unwrap();
         let want = format!("sha256:{}", "0".repeat(64));
         let err = client
-            .download(&url, &[], &dest, Some(&want), &Counter::new(), &no_check)
+            .download(
+                &url,
+                &[],
+                &dest,
+                Some(&want),
+                None,
+                &Counter::new(),
+                &no_check,
+            )
             .unwrap_err();
         assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
         assert!(!dest.exists());
@@ -769,7 +935,7 @@ mod tests {
         std::fs::write(&dest, b"abc").unwrap();
         let client = Client::new(&ClientOptions::default()).unwrap();
         let got = client
-            .download(&url, &[], &dest, None, &Counter::new(), &no_check)
+            .download(&url, &[], &dest, None, None, &Counter::new(), &no_check)
             .unwrap();
         assert_eq!(got.reply.status, 404);
         assert_eq!(got.reply.body, b"not found");

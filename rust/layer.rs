@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use flate2::bufread::GzDecoder;
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
-use crate::compress::{Compression, GZIP_MAGIC, ZSTD_MAGIC};
+use crate::compress::{self, Bounded, Compression, GZIP_MAGIC, ZSTD_MAGIC};
 use crate::digest::{parse_sha256, Digester, HashingReader};
 use crate::entry::Entry;
 use crate::error::{Error, Result};
@@ -222,21 +222,34 @@ fn decode<'a, R: BufRead + Send + 'a>(
         .fill_buf()
         .map_err(|e| Error::io(path, "cannot read", untag(e)))?;
     let compression = Compression::detect(magic);
+    // A plain tar is bounded by its file; a compressed one by the decompression limit.
+    let limit = match compression {
+        Compression::None => u64::MAX,
+        _ => compress::max_decompressed_size()?,
+    };
     let stream: Box<dyn Read + Send + 'a> = match compression {
         Compression::None => Box::new(Classified {
             inner: stored,
             codec: "tar",
         }),
-        Compression::Gzip => Box::new(Classified {
-            inner: GzipMembers::new(stored, points),
-            codec: "gzip",
-        }),
+        Compression::Gzip => Box::new(Bounded::new(
+            Classified {
+                inner: GzipMembers::new(stored, points),
+                codec: "gzip",
+            },
+            limit,
+            "gzip",
+        )),
         Compression::Zstd => {
             let frames = ZstdFrames::new(stored).map_err(|e| Error::io(path, "cannot read", e))?;
-            Box::new(Classified {
-                inner: frames,
-                codec: "zstd",
-            })
+            Box::new(Bounded::new(
+                Classified {
+                    inner: frames,
+                    codec: "zstd",
+                },
+                limit,
+                "zstd",
+            ))
         }
     };
     Ok((compression, stream))

@@ -86,6 +86,18 @@ def test_empty_continuation_line_warns() -> None:
     assert df.warnings and "empty continuation" in df.warnings[0]
 
 
+def test_only_newline_ends_a_line() -> None:
+    # Found by fuzz/python/fuzz_dockerfile.py: str.splitlines also broke lines at \r, \f, \v,
+    # \x1c-\x1e, \x85 and U+2028, so "k=er/docker" below became an instruction of line 3.
+    assert parse_dockerfile(b"FROM x\nRUN O-mou\x1ck=er/docker").instructions[1].line == 2
+    odd = "\r\f\v\x1c\x1d\x1e\x85\u2028\u2029"
+    dockerfile = parse_dockerfile(f"FROM x\nRUN echo a{odd}b\nUSER u\n")
+    run = dockerfile.instructions[1]
+    assert [i.keyword for i in dockerfile.instructions] == ["FROM", "RUN", "USER"]
+    assert (run.line, run.end_line) == (2, 2)
+    assert f"a{odd}b" in run.text
+
+
 def test_hash_inside_an_instruction_is_not_a_comment() -> None:
     assert only("RUN echo hello # not a comment\n").args == ("echo hello # not a comment",)
 

@@ -282,6 +282,8 @@ class HttpClient:
         user_agent: str | None = None,
         connect_timeout: float = 30.0,
         io_timeout: float = 60.0,
+        request_timeout: float = 120.0,
+        min_rate: int = 1024,
     ) -> HttpClient: ...
     def request(
         self,
@@ -299,6 +301,7 @@ class HttpClient:
         dest: str | PathLike[str],
         *,
         expected_digest: str | None = None,
+        max_size: int | None = None,
         counter: TransferCounter | None = None,
     ) -> HttpReply: ...
     def upload(

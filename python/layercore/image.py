@@ -909,7 +909,7 @@ def _restore_image(
 def _parse_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptImageError(f"{what} is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise CorruptImageError(f"{what} is not a JSON object")

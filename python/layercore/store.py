@@ -9,6 +9,7 @@
 <root>/.layercore/seen/<hex>     the registry repositories the blob was pulled from or pushed to
 <root>/.layercore/index/         merged-view index caches of layer blobs
 <root>/.layercore/gc.lock        shared while blobs are added and referenced, exclusive for gc
+<root>/.layercore/gc.intent      exclusive while gc waits and runs: new writers queue behind it
 <root>/.layercore/index.lock     exclusive while index.json is rewritten
 ```
 
@@ -90,6 +91,9 @@ _PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
 _MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 _INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 _EMPTY_INDEX = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+#: Per store root: how many :meth:`Store.writing` scopes of this process hold the gc lock.
+_SHARED: Counter[str] = Counter()
+_SHARED_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,8 @@ class Store:
 
     def __init__(self, root: StrPath | None = None) -> None:
         """Opens the store at ``root`` (default: :func:`default_root`), creating the layout if
-        it is missing."""
+        it is missing; if no process is writing to it, removes the temp files of writes a
+        crash cut short."""
         self.root = (default_root() if root is None else Path(root).expanduser()).absolute()
         self._blobs = self.root / "blobs" / "sha256"
         self._private = self.root / ".layercore"
@@ -264,6 +269,7 @@ class Store:
                     self._write_atomic(layout, canonical_json({"imageLayoutVersion": "1.0.0"}))
                 if not self._index_json.exists():
                     self._write_atomic(self._index_json, canonical_json(_EMPTY_INDEX))
+        self._remove_leftovers_if_idle()
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -412,7 +418,18 @@ class Store:
         # Each scope holds its own shared lock (on its own open file description), so one
         # that outlives the scope it was opened in, on whatever thread, stays protected.
         ident = threading.get_ident()
+        key = os.fspath(self.root)
+        with _SHARED_LOCK:
+            holding = _SHARED[key] > 0
+        if not holding:
+            # A gc waiting for the lock holds gc.intent: new writers queue behind it, else a
+            # steady stream of overlapping writers would keep it waiting for ever. A process
+            # that holds the lock shared already goes straight on (the gc is waiting for it).
+            with _flock(self._private / "gc.intent", fcntl.LOCK_SH):
+                pass
         with _flock(self._private / "gc.lock", fcntl.LOCK_SH):
+            with _SHARED_LOCK:
+                _SHARED[key] += 1
             with self._depth_lock:
                 self._depths[ident] = self._depths.get(ident, 0) + 1
             try:
@@ -422,6 +439,8 @@ class Store:
                     left = self._depths.pop(ident, 1) - 1
                     if left:
                         self._depths[ident] = left
+                with _SHARED_LOCK:
+                    _SHARED[key] -= 1
 
     @contextmanager
     def ingest(self) -> Iterator[Ingest]:
@@ -874,7 +893,10 @@ class Store:
         since the blobs it names could not be known."""
         if self._depths.get(threading.get_ident(), 0):
             raise RuntimeError("Store.gc() cannot run inside Store.writing() in the same thread")
-        with _flock(self._private / "gc.lock", fcntl.LOCK_EX):
+        with (
+            _flock(self._private / "gc.intent", fcntl.LOCK_EX),
+            _flock(self._private / "gc.lock", fcntl.LOCK_EX),
+        ):
             configs: set[str] = set()
             reachable = self._reachable(self._read_index()["manifests"], configs=configs)
             for digest in self._cached_layers():
@@ -892,20 +914,53 @@ class Store:
             for name, _size in _files(self._stamps):
                 if _HEX.fullmatch(name) and not (self._blobs / name).exists():
                     self._forget(name)
-            # Every writer holds the gc lock shared, so whatever is in tmp/ now was left behind
-            # by a process that died mid-write.
-            for name, size in _files(self._tmp):
-                (self._tmp / name).unlink(missing_ok=True)
-                freed += size
-            leftovers = list(self._tmp.glob("*.d"))
-            if leftovers:
-                _unmount_below(self._tmp)  # a build's read-only stage view, if it died
-            for leftover in leftovers:
-                _remove_tree(leftover)
+            freed += self._remove_leftovers()
             freed += self._gc_snapshots(configs)
             if removed:
                 fsync_dir(self._blobs)
         return GcReport(sorted(removed), freed)
+
+    def _remove_leftovers_if_idle(self) -> None:
+        """At open: :meth:`_remove_leftovers` if no process is writing to the store now (the gc
+        lock is free at once); else the next open or :meth:`gc` does it. Best effort: a store
+        this process may not lock or change (read-only, another user's) opens as it is."""
+        # BlockingIOError (an OSError) when a writer holds the lock.
+        with suppress(OSError), _flock(self._private / "gc.lock", fcntl.LOCK_EX | fcntl.LOCK_NB):
+            self._remove_leftovers()
+
+    def _remove_leftovers(self) -> int:
+        """Removes what writes cut short by a crash left behind: everything in ``tmp/`` (a
+        build's read-only stage view unmounted first), the temp files of stamps and of the
+        build's stat cache, and index-cache temp files an hour old (readers write those without
+        the gc lock, so a younger one may be in use). Only with the gc lock held exclusive:
+        every writer holds it shared, so what is left in those places belongs to a process that
+        died. Returns the bytes freed."""
+        freed = 0
+        for name, size in _files(self._tmp):
+            (self._tmp / name).unlink(missing_ok=True)
+            freed += size
+        leftovers = list(self._tmp.glob("*.d"))
+        if leftovers:
+            _unmount_below(self._tmp)
+        for leftover in leftovers:
+            _remove_tree(leftover)
+        for name, size in _files(self._stamps):
+            if name.endswith(".tmp"):
+                (self._stamps / name).unlink(missing_ok=True)
+                freed += size
+        buildcache = self._private / "buildcache"
+        for name, size in _files(buildcache):
+            if name.startswith(".tmp"):
+                (buildcache / name).unlink(missing_ok=True)
+                freed += size
+        stale = time.time() - 3600
+        for name, size in _files(self._index_dir):
+            path = self._index_dir / name
+            with suppress(OSError):
+                if name.startswith(".lcidx-") and path.stat().st_mtime < stale:
+                    path.unlink()
+                    freed += size
+        return freed
 
     def _gc_snapshots(self, configs: Iterable[str]) -> int:
         """Removes the snapshots of stacks that no image config in ``configs`` has (see
@@ -1302,6 +1357,8 @@ class Store:
     def _write_stamp(self, hex_digest: str, st: os.stat_result) -> None:
         """Records a verified blob's stat. A stamp only spares a re-hash, so failing to write
         one is not an error; its temp file lives beside it, out of gc's way."""
+        if self._stamp_matches(hex_digest, st):
+            return  # verify() re-hashes blobs whose stamps stand: no rewrite for each
         stamp = self._stamps / hex_digest
         tmp = stamp.with_name(f"{hex_digest}.{os.urandom(6).hex()}.tmp")
         try:
@@ -1358,7 +1415,7 @@ class Store:
             raise CorruptImageError("the store's index.json is missing", path) from None
         try:
             index = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise CorruptImageError(f"not valid JSON: {e}", path) from None
         manifests = index.get("manifests") if isinstance(index, dict) else None
         if not isinstance(manifests, list):
@@ -1564,7 +1621,7 @@ def _tag_of(entry: Mapping[str, Any]) -> str | None:
 def _parse(data: bytes, path: Path, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptImageError(f"{what} is not valid JSON: {e}", path) from None
     if not isinstance(obj, dict):
         raise CorruptImageError(f"{what} is not a JSON object", path)
@@ -1666,4 +1723,6 @@ def _io_errors(path: Path, what: str) -> Iterator[None]:
     except OSError as e:
         if e.errno == errno.ENOENT:
             raise SourceNotFoundError(f"{what}: {e.strerror}", e.filename or path) from e
-        raise LayerIOError(f"{what}: {e.strerror or e}", e.filename or path) from e
+        error = LayerIOError(f"{what}: {e.strerror or e}", e.filename or path)
+        error.errno = e.errno  # ENOSPC, EACCES...: what a caller may act on
+        raise error from e

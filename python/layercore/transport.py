@@ -1578,7 +1578,8 @@ def _diff_ids(config: Mapping[str, Any], what: str, origin: Path) -> list[str]:
 def _json_value(data: bytes, what: str, origin: Path) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    # RecursionError: arrays or objects nested deeper than the parser's stack.
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptImageError(f"{what} is not valid JSON: {e}", origin) from None
 
 

@@ -101,19 +101,33 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
 #[pymethods]
 impl PyClient {
     #[new]
-    #[pyo3(signature = (*, insecure=false, ca_pem=Vec::new(), user_agent=None, connect_timeout=30.0, io_timeout=60.0))]
+    #[pyo3(signature = (
+        *,
+        insecure=false,
+        ca_pem=Vec::new(),
+        user_agent=None,
+        connect_timeout=30.0,
+        io_timeout=60.0,
+        request_timeout=120.0,
+        min_rate=1024,
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         insecure: bool,
         ca_pem: Vec<Vec<u8>>,
         user_agent: Option<String>,
         connect_timeout: f64,
         io_timeout: f64,
+        request_timeout: f64,
+        min_rate: u64,
     ) -> PyResult<Self> {
         let mut options = ClientOptions {
             insecure,
             ca_pem,
             connect_timeout: seconds("connect_timeout", connect_timeout)?,
             io_timeout: seconds("io_timeout", io_timeout)?,
+            request_timeout: seconds("request_timeout", request_timeout)?,
+            min_rate,
             ..ClientOptions::default()
         };
         if let Some(agent) = user_agent {
@@ -144,7 +158,8 @@ impl PyClient {
 
     /// GETs a blob into `dest`, resuming from what `dest` already holds (see the engine's
     /// `Client::download`).
-    #[pyo3(signature = (url, headers, dest, *, expected_digest=None, counter=None))]
+    #[pyo3(signature = (url, headers, dest, *, expected_digest=None, max_size=None, counter=None))]
+    #[allow(clippy::too_many_arguments)]
     fn download(
         &self,
         py: Python<'_>,
@@ -152,6 +167,7 @@ impl PyClient {
         headers: Vec<(String, String)>,
         dest: PathBuf,
         expected_digest: Option<String>,
+        max_size: Option<u64>,
         counter: Option<PyRef<'_, PyCounter>>,
     ) -> PyResult<PyReply> {
         let client = self.inner.clone();
@@ -162,6 +178,7 @@ impl PyClient {
                 &headers,
                 &dest,
                 expected_digest.as_deref(),
+                max_size,
                 &counter,
                 check,
             )

@@ -728,6 +728,15 @@ impl<R: Read> TarReader<R> {
 
 /// Maps an error of the inner reader; see [`TarReader`] for the kinds.
 fn read_error(label: &Path, offset: u64, e: io::Error) -> Error {
+    if let Some(too_large) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<crate::compress::TooLarge>())
+    {
+        return Error::Unsupported {
+            path: label.to_path_buf(),
+            detail: too_large.to_string(),
+        };
+    }
     match e.kind() {
         io::ErrorKind::UnexpectedEof => Error::truncated(label, e.to_string()),
         io::ErrorKind::InvalidData => Error::corrupt(label, offset, e.to_string()),
@@ -2523,6 +2532,34 @@ with tarfile.open(sys.argv[1], "w", format=fmt, encoding="utf-8", errors="surrog
             buf[..n].copy_from_slice(&self.ok[..n]);
             self.ok = &self.ok[n..];
             Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_decompression_limit_is_a_policy_refusal_naming_the_layer() {
+        let bytes = simple();
+        let bounded = crate::compress::Bounded::new(&bytes[..], BLOCK as u64 + 10, "gzip");
+        let mut reader = TarReader::new(bounded, label());
+        let err = loop {
+            match reader.next_entry() {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the limit is below the archive's size"),
+                Err(e) => break e,
+            }
+        };
+        match err {
+            Error::Unsupported { path, detail } => {
+                assert_eq!(path, label());
+                assert!(
+                    detail.contains(&format!("more than {} bytes", BLOCK + 10)),
+                    "{detail}"
+                );
+                assert!(
+                    detail.contains("LAYERCORE_MAX_DECOMPRESSED_SIZE"),
+                    "{detail}"
+                );
+            }
+            other => panic!("{other:?}"),
         }
     }
 

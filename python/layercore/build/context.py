@@ -9,7 +9,11 @@ names.
   a Dockerfile called ``NAME`` takes precedence over the context's ``.dockerignore``.
 - **COPY sources** are paths relative to the context root (a leading ``/`` is the root, too)
   with Go ``filepath.Match`` wildcards in any component. A source may not leave the context:
-  ``COPY ../x`` is an error, not a file from outside.
+  ``COPY ../x`` is an error, not a file from outside. Symlinks on the way to a source (a
+  directory of the path, or one a wildcard descends into) are followed inside the context, as
+  BuildKit's scoped resolution does: an absolute target starts again at the context root and
+  ``..`` stops there, so ``dir -> /etc`` makes ``COPY dir/passwd`` name the context's
+  ``etc/passwd``, never the host's. A source that is itself a symlink is copied as the link.
 
 It imports only the standard library and ``layercore.errors``.
 """
@@ -232,6 +236,42 @@ def _inside(context: Path, source: str, line: int, path: str | None) -> str:
     return rel
 
 
+#: Symlinks followed while resolving one source path (Linux's limit).
+_MAX_SYMLINKS = 40
+
+
+def resolve_in(root: Path, rel: str, *, follow_last: bool = False) -> str:
+    """``rel`` (relative to ``root``) with every symlink on the way resolved inside ``root``:
+    absolute targets from ``root``, ``..`` never above it. The last component is followed
+    only with ``follow_last``. No component of the result but (perhaps) the last is a
+    symlink, so ``root / result`` cannot lead out of ``root``."""
+    pending = [p for p in rel.split("/") if p not in ("", ".")]
+    pending.reverse()  # a stack: the next component is at the end
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        if (pending or follow_last) and os.path.islink(root.joinpath(*resolved, part)):
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise SourceNotFoundError(
+                    f"too many levels of symbolic links resolving {rel!r}", root / rel
+                )
+            target = os.readlink(root.joinpath(*resolved, part))
+            if target.startswith("/"):
+                resolved = []
+            pending.extend(reversed(target.split("/")))
+            continue
+        resolved.append(part)
+    return "/".join(resolved) or "."
+
+
 def resolve_sources(
     context: str | os.PathLike[str],
     source: str,
@@ -241,12 +281,14 @@ def resolve_sources(
     dockerfile: str | None = None,
 ) -> list[str]:
     """The context-relative paths a ``COPY``/``ADD`` source names, sorted: the path itself,
-    or every path its wildcards match (in any component). Ignored paths are not there. A
-    source that names nothing is an error, as in BuildKit."""
+    or every path its wildcards match (in any component), with the symlinks on the way
+    resolved inside the context (:func:`resolve_in`). Ignored paths are not there. A source
+    that names nothing is an error, as in BuildKit."""
     root = Path(context)
     rel = _inside(root, source, line, dockerfile)
     ignore = ignore or IgnoreRules()
     if not has_wildcards(rel):
+        rel = resolve_in(root, rel)
         if rel != "." and (ignore.ignored(rel) or not os.path.lexists(root / rel)):
             raise SourceNotFoundError(
                 f"COPY source {source!r} is not in the build context"
@@ -272,14 +314,14 @@ def resolve_sources(
             for name in names:
                 if not regex.match(name):
                     continue
-                candidate = f"{base}/{name}" if base else name
+                candidate = f"{base}/{name}" if base not in ("", ".") else name
                 if ignore.ignored(candidate) and not ignore.may_hold_kept(candidate):
                     continue
                 if last:
                     if not ignore.ignored(candidate):
                         found.append(candidate)
                 else:
-                    next_frontier.append(candidate)
+                    next_frontier.append(resolve_in(root, candidate, follow_last=True))
         frontier = next_frontier
     if not found:
         raise SourceNotFoundError(

@@ -159,8 +159,13 @@ def parse_dockerfile(source: str | bytes, path: str | os.PathLike[str] | None = 
 class _Parser:
     def __init__(self, source: str, path: str | None) -> None:
         source = source.removeprefix("\ufeff")
-        # Lines keep their newline: heredoc contents need it.
-        self.lines = source.splitlines(keepends=True)
+        # Lines keep their newline: heredoc contents need it. Only "\n" ends a line, as in
+        # BuildKit (str.splitlines would also break at "\r", "\f", "\v", "\x1c".."\x1e",
+        # "\x85" and U+2028, splitting an instruction that holds one: found by fuzzing).
+        lines = source.split("\n")
+        self.lines = [line + "\n" for line in lines[:-1]]
+        if lines[-1]:
+            self.lines.append(lines[-1])
         self.pos = 0
         self.path = path
         self.escape = "\\"

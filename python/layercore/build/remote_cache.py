@@ -308,7 +308,7 @@ class RemoteCache:
         }
         with store.ingest() as scratch:  # a temp file, never committed
             path = scratch.new_path("cache-config")
-            got = client.download_blob(repo, digest, path)
+            got = client.download_blob(repo, digest, path, size=size)
             if got != size:
                 raise CorruptImageError(f"its config is {got} bytes, not {size}", shown)
             body = json_object(path.read_bytes(), "its config", shown)

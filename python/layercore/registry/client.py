@@ -111,7 +111,7 @@ def _error_code(body: bytes) -> tuple[str | None, str | None]:
         obj = json.loads(body)
         first = obj["errors"][0]
         return str(first.get("code")), str(first.get("message") or "") or None
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
         return None, None
 
 
@@ -120,7 +120,12 @@ class RegistryClient:
 
     ``registry`` is the host[:port] of references (``docker.io`` for Docker Hub); requests go
     to ``api_host``. Credentials default to anonymous; pass them, or let the caller read them
-    from the Docker config (:func:`layercore.registry.auth.credentials_for`)."""
+    from the Docker config (:func:`layercore.registry.auth.credentials_for`).
+
+    Timeouts, in seconds: ``connect_timeout`` to open a connection, ``io_timeout`` for any one
+    read or write, ``request_timeout`` for a whole request with a small reply (API calls,
+    manifests, tokens) and for the head of a blob's reply; a blob body must keep arriving at
+    ``min_rate`` bytes a second or more, measured over ``io_timeout`` windows."""
 
     def __init__(
         self,
@@ -132,6 +137,10 @@ class RegistryClient:
         ca_file: StrPath | None = None,
         retry: RetryPolicy | None = None,
         chunk_size: int | None = None,
+        connect_timeout: float = 30.0,
+        io_timeout: float = 60.0,
+        request_timeout: float = 120.0,
+        min_rate: int = 1024,
     ) -> None:
         self.registry = registry
         self.host = api_host or registry
@@ -146,7 +155,14 @@ class RegistryClient:
                 pems.append(path.read_bytes())
             except OSError as e:
                 raise RegistryError(f"cannot read the CA file: {e.strerror}", path) from None
-        self._http = _core.HttpClient(insecure=insecure, ca_pem=pems)
+        self._http = _core.HttpClient(
+            insecure=insecure,
+            ca_pem=pems,
+            connect_timeout=connect_timeout,
+            io_timeout=io_timeout,
+            request_timeout=request_timeout,
+            min_rate=min_rate,
+        )
         self._plain_allowed = insecure or is_loopback(self.host)
         self._base: str | None = None
         self._lock = threading.Lock()
@@ -292,7 +308,7 @@ class RegistryClient:
         try:
             answer = json.loads(reply.body)
             token = answer.get("token") or answer.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise AuthenticationError(f"the token server {realm} gave no token", self.host)
@@ -556,10 +572,12 @@ class RegistryClient:
         dest: Path,
         *,
         counter: _core.TransferCounter | None = None,
+        size: int | None = None,
     ) -> int:
         """Streams the blob into ``dest`` (a store ingest path), hashed on arrival; resumes
         with ``Range`` after a dropped connection. Returns its size; a blob whose bytes are
-        not ``digest`` raises :class:`DigestMismatchError` and leaves no file."""
+        not ``digest``, or that grows past ``size`` (its descriptor's) raises
+        :class:`DigestMismatchError` and leaves no file."""
         ref = f"{self.registry}/{repository}@{digest}"
         what = "downloading the blob"
         url = self._url(repository, "blobs", digest)
@@ -568,11 +586,20 @@ class RegistryClient:
                 what,
                 [f"repository:{repository}:pull"],
                 lambda auth: self._http.download(
-                    url, auth, dest, expected_digest=digest, counter=counter
+                    url, auth, dest, expected_digest=digest, max_size=size, counter=counter
                 ),
                 resume=True,
             )
         except DigestMismatchError as e:
+            if e.what == "size":
+                raise DigestMismatchError(
+                    f"{what}: the registry sent more than the {size} bytes the descriptor "
+                    "declares (a reply that does not end); nothing was stored",
+                    ref,
+                    what="size",
+                    expected=str(size),
+                    actual=e.actual,
+                ) from None
             raise DigestMismatchError(
                 f"{what}: the registry sent bytes that hash to {e.actual}; nothing was stored",
                 ref,
@@ -779,7 +806,7 @@ def _media_type(data: bytes, content_type: str | None) -> str:
     """A manifest's media type: its own ``mediaType`` field, else the reply's Content-Type."""
     try:
         obj: Any = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         obj = None
     if isinstance(obj, dict):
         own = obj.get("mediaType")

@@ -208,7 +208,7 @@ def json_object(data: bytes, what: str, origin: str) -> dict[str, Any]:
     ``origin``."""
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CorruptImageError(f"{what} is not valid JSON: {e}", origin) from None
     if not isinstance(obj, dict):
         raise CorruptImageError(f"{what} is not a JSON object", origin)
@@ -370,7 +370,7 @@ def _download(
     dest = ingest.new_path("pull")
     item.state = "downloading"
     try:
-        size = client.download_blob(repo, item.digest, dest, counter=item.counter)
+        size = client.download_blob(repo, item.digest, dest, counter=item.counter, size=item.size)
     except BaseException:
         item.state = "failed"
         raise
