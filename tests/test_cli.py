@@ -136,6 +136,21 @@ def test_every_command_is_listed() -> None:
     )  # fmt: skip
 
 
+def test_only_the_named_command_is_built() -> None:
+    """A command line names one command: only its parser is built (the others cost more to
+    build than some commands take to run), and it parses as the whole parser does."""
+    from layercore.cli import _command_of
+
+    assert _command_of(["--store", "build", "images"]) == "images"
+    assert _command_of(["--store=s", "build", "."]) == "build"
+    assert _command_of(["--version"]) is None and _command_of([]) is None
+    assert _command_of(["--", "rm", "x"]) == "rm"
+    whole, one = build_parser(), build_parser("image")
+    assert [c for c in command_paths(one)] == [c for c in ALL_COMMANDS if c[0] == "image"]
+    argv = ["image", "config", "app:1", "--env", "A=1", "--cmd", "sh"]
+    assert vars(one.parse_args(argv)) == vars(whole.parse_args(argv))
+
+
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=" ".join)
 def test_help_in_process(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*command, "--help"]) == 0
@@ -185,7 +200,8 @@ def test_console_script_runs_a_command_and_python_m_works(tmp_path: Path) -> Non
 
 
 def test_usage_errors_exit_2(lc: CLI) -> None:
-    assert "invalid choice" in lc.fail("frobnicate", status=2)
+    unknown = lc.fail("frobnicate", status=2)
+    assert "invalid choice" in unknown and "'build'" in unknown  # the whole list of commands
     assert "the following arguments are required" in lc.fail("cat", "x:1", status=2)
     assert "--env takes KEY=VALUE, not 'NOVALUE'" in lc.fail(
         "image", "config", "x", "--env", "NOVALUE", status=2

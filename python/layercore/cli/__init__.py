@@ -100,8 +100,9 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``layercore`` argument parser (each command's ``handler`` is in its defaults)."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``layercore`` argument parser (each command's ``handler`` is in its defaults); with
+    ``only``, a parser of that one top-level command (see :func:`_command_of`)."""
     parser = argparse.ArgumentParser(
         prog="layercore",
         description=_DESCRIPTION,
@@ -125,13 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
         action=_VersionAction,
         help="show the version and the build of the core (compiler, target, wheel tag), and exit",
     )
-    commands = Commands.of(parser)
+    commands = Commands.of(parser, only)
     for register in _GROUPS:
         register(commands)
     return parser
 
 
 # --- main -----------------------------------------------------------------------------------
+
+
+def _choices(parser: argparse.ArgumentParser) -> set[str]:
+    """The top-level command names ``parser`` holds."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
 
 
 def _exit_status(code: object) -> int:
@@ -147,9 +156,29 @@ def _broken_pipe() -> NoReturn:
     sys.exit(1)
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The top-level command ``argv`` names (its first word that is not an option or the
+    value of ``--store``), or None (no command: ``--help``, ``--version``, a usage error)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--store":
+            next(words, None)
+        elif word == "--":
+            return next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser()
+    """Runs the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+    Only the named command's parser is built; a name that is no command gets the whole
+    parser, whose error lists them all."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_of(argv)
+    parser = build_parser(command)
+    if command is not None and command not in _choices(parser):
+        parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from layercore.cli.session import Handler
 
@@ -37,14 +38,19 @@ class Commands:
         subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
         common: argparse.ArgumentParser,
         as_json: argparse.ArgumentParser,
+        only: str | None = None,
     ) -> None:
         self._subparsers = subparsers
         self._common = common
         self._as_json = as_json
+        # When set, the one command of this level that is built: a command line names one
+        # command, and building the parsers of all ~30 costs more than running some of them.
+        self._only = only
 
     @classmethod
-    def of(cls, parser: argparse.ArgumentParser) -> Commands:
-        """The top level of ``parser``'s commands (``layercore COMMAND``)."""
+    def of(cls, parser: argparse.ArgumentParser, only: str | None = None) -> Commands:
+        """The top level of ``parser``'s commands (``layercore COMMAND``); with ``only``, just
+        that command is built (the others are skipped: :class:`_Skipped`)."""
         common = argparse.ArgumentParser(add_help=False)
         common.add_argument(
             "--store",
@@ -57,7 +63,7 @@ class Commands:
             "--json", action="store_true", help="print JSON (stable keys, exact byte counts)"
         )
         subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-        return cls(subparsers, common, as_json)
+        return cls(subparsers, common, as_json, only)
 
     def add(
         self,
@@ -72,6 +78,8 @@ class Commands:
         """Adds the command ``name``, run by ``handler``: ``summary`` is its line in this level's
         help, ``description`` (dedented) and ``examples`` make its own ``--help``, and
         ``json=True`` gives it ``--json``. Returns its parser, for its own arguments."""
+        if self._only is not None and name != self._only:
+            return _SKIPPED  # type: ignore[return-value]
         sub = self._subparsers.add_parser(
             name,
             help=summary,
@@ -86,6 +94,8 @@ class Commands:
     def group(self, name: str, summary: str, description: str) -> Commands:
         """Adds ``name`` as a command that holds commands (``layercore image COMMAND``) and
         returns the level its commands are added to."""
+        if self._only is not None and name != self._only:
+            return _SKIPPED  # type: ignore[return-value]
         parser = self._subparsers.add_parser(
             name,
             help=summary,
@@ -95,3 +105,17 @@ class Commands:
         )
         subparsers = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
         return Commands(subparsers, self._common, self._as_json)
+
+
+class _Skipped:
+    """What :meth:`Commands.add` and :meth:`Commands.group` return for a command that is not
+    built: it takes the arguments, groups and commands a module adds, and keeps none."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._ignore
+
+    def _ignore(self, *args: Any, **kwargs: Any) -> _Skipped:
+        return self
+
+
+_SKIPPED = _Skipped()
