@@ -24,12 +24,13 @@ SDIST := dist/layercore-$(VERSION).tar.gz
 # maturin finds zig (the ziglang wheel) and auditwheel through PATH.
 BUILD_PATH := $(abspath $(BUILD_VENV))/bin:$(PATH)
 
-.PHONY: demo test bench wheel debs lint rust-test py-test bench-smoke dist-check clean
+.PHONY: demo test bench wheel debs lint rust-test py-test bench-smoke dist-check clean \
+	fuzz fuzz-smoke fuzz-build fuzz-seeds
 
 demo: debs $(VENV)/.stamp
 	$(PY) -m layercore._demo
 
-test: debs wheel lint rust-test py-test bench-smoke
+test: debs wheel lint rust-test py-test bench-smoke fuzz-smoke
 
 # --- tools ------------------------------------------------------------------------------------
 
@@ -95,8 +96,8 @@ dist-check: wheel
 lint: $(BUILD_VENV)/.stamp
 	cargo fmt --check
 	cargo clippy --all-targets --features python -- -D warnings
-	$(BUILD_VENV)/bin/ruff check python tests benches .ci
-	$(BUILD_VENV)/bin/ruff format --check python tests benches .ci
+	$(BUILD_VENV)/bin/ruff check python tests benches .ci fuzz
+	$(BUILD_VENV)/bin/ruff format --check python tests benches .ci fuzz
 	$(BUILD_VENV)/bin/mypy --strict python/layercore benches/*.py .ci/smoke.py
 
 rust-test:
@@ -115,5 +116,34 @@ bench: debs $(VENV)/.stamp
 	$(VENV)/bin/pytest benches -q --benchmark-json=.benchmarks/latest.json
 	$(PY) benches/report.py .benchmarks/latest.json BENCHMARKS.md
 
+# --- fuzzing (fuzz/; docs/RELIABILITY.md records the long runs) --------------------------------
+
+# cargo-fuzz targets of the engine (nightly, ASan) and atheris targets of the Python parsers.
+FUZZ_RUST := tar_reader layer_index apply flatten overlay_upper
+FUZZ_PY := py_image py_www_authenticate py_dockerfile
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 10
+
+# cargo-fuzz comes from crates.io the first time; the nightly toolchain is on the machine.
+fuzz-build:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cargo +nightly fuzz build -O
+
+$(VENV)/.fuzz-stamp: $(VENV)/.stamp
+	$(PY) -m pip install --quiet --group fuzz
+	touch $@
+
+# The seed corpora are committed; this rewrites them after a change of fuzz/seeds.py.
+fuzz-seeds: $(VENV)/.stamp
+	$(PY) fuzz/seeds.py
+
+# Every target for FUZZ_SECONDS each, one after the other; a crash stops the run.
+fuzz: fuzz-build $(VENV)/.fuzz-stamp
+	for t in $(FUZZ_RUST) $(FUZZ_PY); do fuzz/run.sh $$t $(FUZZ_SECONDS) || exit 1; done
+
+# What `make test` runs: every target briefly, from its seeds, so none of them rots.
+fuzz-smoke: fuzz-build $(VENV)/.fuzz-stamp
+	for t in $(FUZZ_RUST) $(FUZZ_PY); do fuzz/run.sh $$t $(FUZZ_SMOKE_SECONDS) || exit 1; done
+
 clean:
-	rm -rf target dist $(VENV) $(BUILD_VENV) .bench-data .benchmarks
+	rm -rf target dist $(VENV) $(BUILD_VENV) .bench-data .benchmarks fuzz/target

@@ -98,6 +98,14 @@ def test_only_newline_ends_a_line() -> None:
     assert f"a{odd}b" in run.text
 
 
+@pytest.mark.parametrize("text", ["ENV\t\x1c\\\x1c", "FROM x\nLABEL \\\x1c"])
+def test_pairs_of_a_lone_escape_are_an_error(text: str) -> None:
+    # Found by fuzz/python/fuzz_dockerfile.py: an IndexError. Python's strip() removes the
+    # \x1c after the escape, which then no longer ends the line as a continuation.
+    with pytest.raises(DockerfileError, match="must have two arguments"):
+        parse_dockerfile(text)
+
+
 def test_hash_inside_an_instruction_is_not_a_comment() -> None:
     assert only("RUN echo hello # not a comment\n").args == ("echo hello # not a comment",)
 

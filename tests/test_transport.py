@@ -443,6 +443,20 @@ def test_oci_archive_holds_the_layout(store: Store, image: Image, tmp_path: Path
     assert archive.stat().st_size % tarfile.RECORDSIZE == 0
 
 
+def test_an_own_name_that_is_no_tag_is_the_source_s_fault(
+    store: Store, image: Image, tmp_path: Path
+) -> None:
+    # Found by fuzz/python/fuzz_image.py: a plain ValueError without the source's path.
+    dest = transport.export_image(store, "app:1.0", tmp_path / "out", "oci")
+    index = json.loads((dest / "index.json").read_text())
+    index["manifests"][0]["annotations"] = {"org.opencontainers.image.ref.name": "@atest"}
+    (dest / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CorruptImageError, match="'@atest' is not a valid tag") as info:
+        transport.import_image(Store(tmp_path / "other"), dest)
+    assert info.value.path == str(dest)
+    assert transport.import_image(Store(tmp_path / "other"), dest, "app:2").digest == image.digest
+
+
 def test_docker_archive_is_what_docker_25_writes(
     store: Store, image: Image, tmp_path: Path
 ) -> None:

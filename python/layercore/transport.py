@@ -253,9 +253,11 @@ def import_image(
             try:
                 tag = check_tag(own_name)
             except ValueError:
-                raise ValueError(
-                    f"{src_path}: the image's own name {own_name!r} is not a valid tag; "
-                    "pass a tag to import it under"
+                # The source's fault, not the caller's: typed, with the source as its path.
+                raise CorruptImageError(
+                    f"the image's own name {own_name!r} is not a valid tag; "
+                    "pass a tag to import it under",
+                    src_path,
                 ) from None
         # Every staged blob was verified as it was copied in: sync them and move them into
         # blobs/ rather than have save() copy them a second time.

@@ -500,7 +500,8 @@ def _pairs(
     """``ENV``/``LABEL`` arguments as alternating keys and values: ``k=v ...``, or the old
     ``k value`` (one pair, the value the rest of the line)."""
     words = _words(rest, escape)
-    if "=" not in words[0]:
+    # No words at all: a lone escape character, which lexes to nothing.
+    if not words or "=" not in words[0]:
         parts = _SPACE.split(rest, maxsplit=1)
         if len(parts) < 2:
             raise fail(f"{keyword} must have two arguments")
