@@ -327,10 +327,8 @@ def test_cached_rebuild_one_file_changed(benchmark: Any, prepared: Prepared) -> 
     shutil.copytree(prepared.two_stages, context)
     warm = Warm(prepared, "build-one-changed", context)
     target = context / "src" / "d3" / "f0"
-    count = {"n": 0}
 
     def setup(_who: str) -> tuple[list[str], list[str]]:
-        count["n"] += 1
         target.write_bytes(os.urandom(FILE_BYTES))
         return _layercore_build(warm.store, context), _buildah_bud(warm.buildah, context)
 

@@ -171,7 +171,13 @@ pub fn build_from_dir(
                 walked
             })
             .expect("spawn walker");
-        let produced = produce(walk_rx, &mut writer, &options.placement, check);
+        let produced = produce(
+            walk_rx,
+            &mut writer,
+            &options.placement,
+            options.source_date_epoch,
+            check,
+        );
         (produced, walker.join().expect("walker thread panicked"))
     });
     // The first real failure wins: a walk error ends the entry stream early, so it must win
@@ -193,11 +199,13 @@ fn produce(
     walk_rx: Receiver<Vec<WalkEvent>>,
     writer: &mut LayerWriter,
     placement: &Placement,
+    source_date_epoch: Option<i64>,
     check: &(dyn Fn() -> Result<()> + Sync),
 ) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let mut name = Vec::new();
-    // The directories the tree is placed under come first, outermost first.
+    // The directories the tree is placed under come first, outermost first; their mtimes are
+    // clamped to SOURCE_DATE_EPOCH as the walk clamps every other entry's.
     let mut base = Vec::new();
     if !placement.prefix.is_empty() {
         for (component, dir) in placement.prefix.split(|&b| b == b'/').zip(&placement.dirs) {
@@ -210,7 +218,7 @@ fn produce(
                 uid: dir.uid,
                 gid: dir.gid,
                 size: 0,
-                mtime: dir.mtime,
+                mtime: source_date_epoch.map_or(dir.mtime, |epoch| dir.mtime.min(epoch)),
                 linkname: b"",
                 uname: b"",
                 gname: b"",
@@ -349,6 +357,34 @@ mod tests {
         })
         .unwrap();
         rows
+    }
+
+    #[test]
+    fn placement_dirs_are_clamped_to_the_epoch_like_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        tree(&src);
+        let out = dir.path().join("placed.tar");
+        let placed = |mtime| PlacedDir {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime,
+        };
+        let options = BuildOptions {
+            compression: Compression::None,
+            source_date_epoch: Some(1000),
+            placement: Placement {
+                prefix: b"a/b".to_vec(),
+                dirs: vec![placed(5), placed(2_000_000_000)],
+                mode: None,
+            },
+            ..BuildOptions::default()
+        };
+        build_from_dir(&src, &out, &options, &no_check).unwrap();
+        let rows = headers(&out);
+        assert_eq!((rows[0].0.as_str(), rows[0].5), ("a", 5));
+        assert_eq!((rows[1].0.as_str(), rows[1].5), ("a/b", 1000));
     }
 
     #[test]

@@ -27,6 +27,7 @@ from layercore import Image, Store
 from layercore.analysis import Analysis, write_report
 from layercore.analysis.report import MAX_TREEMAP_RECTS, render_report, squarify
 from layercore.cli import main
+from layercore.units import human_size
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 EPOCH = 1_700_000_000
@@ -104,24 +105,13 @@ class Page(HTMLParser):
         return [e for e in self.elements if id(parent) in e.ancestors]
 
 
-def human(size: int) -> str:
-    """What the page shows for a byte count (the command line's spelling)."""
-    if size < 1024:
-        return f"{size} B"
-    value, units = size / 1024, ["KiB", "MiB", "GiB", "TiB"]
-    while value >= 1024 and len(units) > 1:
-        value /= 1024
-        units.pop(0)
-    return f"{value:.1f} {units[0]}"
-
-
 def check_page_against(page: Page, image: Image, analysis: Analysis) -> None:
     """Every figure the page shows, in its ``data-*`` attribute and in its text, is the
     analysis's; the embedded JSON is ``analysis.to_json()``."""
     for key in ("layer_bytes", "visible_bytes", "reclaimable_bytes"):
         shown = page.one("dd", data_figure=key)
         assert int(shown.attrs["data-bytes"]) == getattr(analysis, key), key
-        assert shown.text_content() == human(getattr(analysis, key)), key
+        assert shown.text_content() == human_size(getattr(analysis, key)), key
     efficiency = page.one("dd", data_figure="efficiency")
     assert float(efficiency.attrs["data-value"]) == analysis.efficiency
     assert efficiency.text_content() == f"{analysis.efficiency * 100:.1f}%"
@@ -145,7 +135,7 @@ def check_page_against(page: Page, image: Image, analysis: Analysis) -> None:
         cells = {e.attrs["data-field"]: e for e in page.within(row) if "data-field" in e.attrs}
         for name in ("compressed_size", "added_bytes", "visible_bytes", "wasted_bytes"):
             assert int(cells[name].attrs["data-bytes"]) == getattr(layer, name), name
-            assert cells[name].text_content() == human(getattr(layer, name)), name
+            assert cells[name].text_content() == human_size(getattr(layer, name)), name
         for name in ("added", "modified", "deleted"):
             assert int(cells[name].attrs["data-value"]) == getattr(layer, name), name
             assert cells[name].text_content() == f"{getattr(layer, name):,}", name
@@ -157,7 +147,7 @@ def check_page_against(page: Page, image: Image, analysis: Analysis) -> None:
     for row, item in zip(top, analysis.top, strict=True):
         cells = {e.attrs["data-field"]: e for e in page.within(row) if "data-field" in e.attrs}
         assert int(cells["bytes"].attrs["data-bytes"]) == item.bytes
-        assert cells["bytes"].text_content() == human(item.bytes)
+        assert cells["bytes"].text_content() == human_size(item.bytes)
         assert int(cells["layer"].attrs["data-value"]) == item.layer
         assert int(cells["hidden_by"].attrs["data-value"]) == item.hidden_by
         assert cells["cause"].text_content() == item.cause.replace("_", " ")
@@ -402,8 +392,8 @@ def test_cli_report(
     captured = capsys.readouterr()
     analysis = image.analyze(base=base)
     assert captured.out == (
-        f"{out}: 3 layers, {human(analysis.layer_bytes)}, "
-        f"{human(analysis.reclaimable_bytes)} reclaimable\n"
+        f"{out}: 3 layers, {human_size(analysis.layer_bytes)}, "
+        f"{human_size(analysis.reclaimable_bytes)} reclaimable\n"
     )
     page = Page(out.read_text())
     assert page.one("h1").text_content() == "app:1"

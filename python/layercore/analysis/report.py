@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from layercore.durable import write_atomic
 from layercore.image import sha256_digest
+from layercore.units import human_size
 
 if TYPE_CHECKING:
     from layercore.analysis.waste import Analysis
@@ -179,7 +180,7 @@ def _header(image: Image, analysis: Analysis, title: str) -> str:
     ]
     cells = [
         f'<div><dt>{label}</dt><dd data-figure="{key}" data-bytes="{value}" '
-        f'title="{_exact(value)}">{_human(value)}</dd></div>'
+        f'title="{_exact(value)}">{human_size(value)}</dd></div>'
         for key, label, value in totals
     ]
     cells.append(
@@ -227,13 +228,14 @@ def _layer_bars(analysis: Analysis) -> str:
                 "</rect>"
             )
             x += width
+        wasted = f" ({human_size(layer.wasted_bytes)} wasted)" if layer.wasted_bytes else ""
         rows.append(
             f'<g class="bar pick" data-layer="{layer.index}" '
             f'data-added-bytes="{layer.added_bytes}">'
             f'<text x="0" y="{y + 13:.1f}">{_text(_clip(label, 46))}<title>{_text(label)}</title>'
             f"</text>{''.join(segments)}"
-            f'<text x="{x + 6:.1f}" y="{y + 13:.1f}">{_human(layer.added_bytes)}'
-            f"{f' ({_human(layer.wasted_bytes)} wasted)' if layer.wasted_bytes else ''}</text></g>"
+            f'<text x="{x + 6:.1f}" y="{y + 13:.1f}">{human_size(layer.added_bytes)}'
+            f"{wasted}</text></g>"
         )
     legend = "".join(
         f'<span><i class="swatch" style="background:{colour}"></i>{name}</span>'
@@ -607,17 +609,6 @@ def _layer_colour(index: int, base: bool) -> str:
     return palette[index % len(palette)]
 
 
-def _human(size: int) -> str:
-    """A byte count for people (binary units, one decimal), as the command line prints it."""
-    if size < 1024:
-        return f"{size} B"
-    value, units = size / 1024, ["KiB", "MiB", "GiB", "TiB"]
-    while value >= 1024 and len(units) > 1:
-        value /= 1024
-        units.pop(0)
-    return f"{value:.1f} {units[0]}"
-
-
 def _exact(size: int) -> str:
     return f"{size:,} bytes"
 
@@ -630,7 +621,7 @@ def _bytes_cell(name: str, size: int, title: str = "") -> str:
     tip = f"{_exact(size)}; {title}" if title else _exact(size)
     return (
         f'<td class="n" data-field="{name}" data-bytes="{size}" title="{_attr(tip)}">'
-        f"{_human(size)}</td>"
+        f"{human_size(size)}</td>"
     )
 
 

@@ -858,18 +858,16 @@ class _Build:
 
     def dir_attrs(self, image: Image, rel: str, uid: int, gid: int) -> list[DirAttrs]:
         """Attributes for each directory of ``rel``: an existing one keeps its own, a new one
-        is 0755 and owned by ``uid:gid``. With a ``source_date_epoch`` an existing one's mtime
-        is clamped to it, as every other mtime in the layers this build writes: a RUN's
-        snapshot holds the real mtimes its layer clamped, and the layer must not depend on
-        which of the two the lookup read."""
+        is 0755 and owned by ``uid:gid``. (A RUN's snapshot holds the real mtimes its layer
+        clamped to ``source_date_epoch``; the layer writer clamps these directories' mtimes
+        too, so the layer does not depend on which of the two the lookup read.)"""
         out = []
         parts = [p for p in rel.split("/") if p]
         mtime = self.created()
         for i in range(len(parts)):
             entry = self.lookup(image, "/".join(parts[: i + 1]))
             if entry is not None and entry.kind == "dir":
-                kept = entry.mtime if self.epoch is None else min(entry.mtime, self.epoch)
-                out.append(DirAttrs(entry.mode, entry.uid, entry.gid, kept))
+                out.append(DirAttrs(entry.mode, entry.uid, entry.gid, entry.mtime))
             else:
                 out.append(DirAttrs(0o755, uid, gid, mtime))
         return out
@@ -1467,7 +1465,8 @@ class _Build:
                 sources = (
                     [(path, posixpath.basename(source) or ".")] if os.path.lexists(path) else []
                 )
-            out.append([text, checksum_sources(sources).digest])
+            selected = checksum_sources(sources, cache=self.store.stat_cache_path())
+            out.append([text, selected.digest])
         return out
 
     def run_overlay(

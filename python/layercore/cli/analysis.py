@@ -108,28 +108,9 @@ def _cmd_waste(args: argparse.Namespace, session: Session) -> int:
 
 
 def _print_layers(session: Session, analysis: Analysis) -> None:
-    table = borderless_table(
-        "LAYER",
-        "DIGEST",
-        "ENTRIES",
-        "ADDED",
-        "VISIBLE",
-        "WASTED",
-        *(title for _, title in _CAUSE_COLUMNS),
-        "ATTR-ONLY",
-        "COMPRESSED",
-        "CREATED BY",
-        right=(
-            "LAYER",
-            "ENTRIES",
-            "ADDED",
-            "VISIBLE",
-            "WASTED",
-            *(title for _, title in _CAUSE_COLUMNS),
-            "ATTR-ONLY",
-            "COMPRESSED",
-        ),
-    )
+    figures = ("ENTRIES", "ADDED", "VISIBLE", "WASTED", *(t for _, t in _CAUSE_COLUMNS))
+    figures += ("ATTR-ONLY", "COMPRESSED")
+    table = borderless_table("LAYER", "DIGEST", *figures, "CREATED BY", right=("LAYER", *figures))
     for x in analysis.layers:
         table.add_row(
             f"{x.index} base" if x.base else str(x.index),

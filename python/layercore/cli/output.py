@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from layercore import units
 from layercore.image import Image
 from layercore.layer import Layer
 
@@ -29,16 +30,8 @@ __all__ = [
 
 
 def human_size(size: int | None) -> str:
-    """A byte count for people (binary units, one decimal)."""
-    if size is None:
-        return "-"
-    if size < 1024:
-        return f"{size} B"
-    value, units = size / 1024, ["KiB", "MiB", "GiB", "TiB"]
-    while value >= 1024 and len(units) > 1:
-        value /= 1024
-        units.pop(0)
-    return f"{value:.1f} {units[0]}"
+    """A byte count for people (binary units, one decimal); ``-`` for none."""
+    return "-" if size is None else units.human_size(size)
 
 
 def short_digest(digest: str | None) -> str:
