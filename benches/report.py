@@ -550,6 +550,7 @@ def targets(res: Results) -> list[Target]:
         )
     changeset_targets(res, add)
     store_targets(res, add)
+    run_targets(res, add)
     package_targets(res, add)
     lc_probes = [p for p in res.rss() if p.get("tool") == LC and p.get("tree")]
     if lc_probes:
@@ -849,6 +850,59 @@ def store_targets(res: Results, add: Any) -> None:
             mib is not None and mib < 100,
             f"{mib:.0f} MiB" if mib is not None else "",
         )
+
+
+def run_targets(res: Results, add: Any) -> None:
+    """The targets of ``layercore run`` (groups of benches/test_run.py): start-up over its floor
+    (``import layercore`` + ``bwrap /bin/true``), the same for a 10 MB and a 1 GB image, the
+    disk of twenty containers, and an image's first run against ``tar -xzf`` of its blobs."""
+    overhead: dict[str, tuple[float, float]] = {}
+    for image, what in (("10mb", "busybox + 10 MB"), ("1gb", "busybox + 1 GB (4 layers)")):
+        b = res.subject(f"run/startup-{image}")
+        ms = b.info.get("overhead_ms") if b is not None else None
+        if b is not None and ms is not None:
+            overhead[image] = (float(ms), float(b.info.get("overhead_iqr_ms") or 0.0))
+        add(
+            "`layercore run --rm IMAGE true` beyond `import layercore` + `bwrap /bin/true`"
+            " (whole processes, alternating, median of pair differences)",
+            what,
+            "≤ 30 ms",
+            ms,
+            ms is not None and ms <= 30,
+            f"{ms:.1f} ms" if ms is not None else "",
+        )
+    d = None
+    noise = 0.0
+    if len(overhead) == 2:
+        d = overhead["1gb"][0] - overhead["10mb"][0]
+        noise = max(overhead["1gb"][1], overhead["10mb"][1])  # the wider interquartile range
+    add(
+        "start-up overhead with the 1 GB image minus with the 10 MB one",
+        "1 GB vs 10 MB",
+        "same within noise (≤ the IQR of the pair differences)",
+        d,
+        d is not None and abs(d) <= noise,
+        f"{d:+.1f} ms (IQR {noise:.1f} ms)" if d is not None else "",
+    )
+    b = res.subject("run/disk-20")
+    added = b.info.get("disk_added") if b is not None else None
+    add(
+        "disk added by 20 containers of the 1 GB image (`st_blocks`, snapshots made before)",
+        "busybox + 1 GB (4 layers)",
+        "< 20 MB in all",
+        added,
+        added is not None and added < 20_000_000,
+        f"{fmt_bytes(added)} ({fmt_bytes(added // 20)} each)" if added is not None else "",
+    )
+    r = paired_ratio(res, "run/first-run")
+    add(
+        "first run of an image (extracts its snapshots) vs `tar -xzf` of its blobs",
+        "busybox + 1 GB (4 layers)",
+        "no slower (≥ 1x)",
+        r,
+        r is not None and r >= 1,
+        fmt_ratio(r),
+    )
 
 
 def targets_section(res: Results) -> list[str]:

@@ -131,7 +131,8 @@ def test_every_command_is_listed() -> None:
             "layer", "layer create", "image", "image new", "image append", "image config",
             "images", "inspect", "history", "ls", "cat", "which", "diff", "flatten", "squash",
             "build", "export", "import", "pull", "push", "copy", "login", "logout", "tag", "rm",
-            "gc", "prune", "du", "verify", "waste", "report", "explain",
+            "gc", "prune", "du", "verify", "waste", "report", "explain", "run", "start", "ps",
+            "commit", "rmi",
         ]
     )  # fmt: skip
 
@@ -149,6 +150,24 @@ def test_only_the_named_command_is_built() -> None:
     assert [c for c in command_paths(one)] == [c for c in ALL_COMMANDS if c[0] == "image"]
     argv = ["image", "config", "app:1", "--env", "A=1", "--cmd", "sh"]
     assert vars(one.parse_args(argv)) == vars(whole.parse_args(argv))
+    # Each top-level command's parser is built from its own module alone, and is whole.
+    for name in {c[0] for c in ALL_COMMANDS}:
+        alone = build_parser(name)
+        assert [c for c in command_paths(alone)] == [c for c in ALL_COMMANDS if c[0] == name]
+
+
+def test_a_short_command_imports_only_its_own_module() -> None:
+    """`layercore run` pays at start-up for what it imports: not the other commands' modules,
+    not the registry client, not rich."""
+    code = (
+        "import sys; from layercore.cli import build_parser; build_parser('run'); "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('layercore', 'rich')))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    loaded = set(done.stdout.split())
+    assert "layercore.cli.container" in loaded
+    for other in ("layercore.cli.build", "layercore.cli.registry", "layercore.registry", "rich"):
+        assert other not in loaded, other
 
 
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=" ".join)

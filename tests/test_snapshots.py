@@ -189,6 +189,8 @@ def test_the_copy_snapshotter_builds_the_same_image(
     it: the image is the same."""
     one = busybox_store(tmp_path / "one")
     two = busybox_store(tmp_path / "two")
+    # The same base in both stores: a difference below is the snapshotter's.
+    assert one.load("busybox:test").digest == two.load("busybox:test").digest
     ctx = context(tmp_path, TWO_STAGES, TWO_STAGE_FILES)
     overlay = layercore.build(ctx, store=one, source_date_epoch=EPOCH)
     monkeypatch.setenv("LAYERCORE_SNAPSHOTTER", "copy")
@@ -203,23 +205,24 @@ def test_a_failed_overlay_mount_falls_back_to_a_copied_rootfs(
     """A RUN whose overlay cannot be mounted runs again on an extracted root filesystem, and
     later RUNs of the process go there directly."""
     from layercore.build import executor
+    from layercore.runtime import sandbox
 
-    real = executor._in_overlay
+    real = executor.in_overlay
     tried: list[str] = []
 
     def refused(command: list[str], ws: Path, options: str, *, userns: bool) -> list[str]:
         tried.append(options)
         return real(command, ws, options + ",no_such_option", userns=userns)
 
-    monkeypatch.setattr(executor, "_in_overlay", refused)
-    monkeypatch.setattr(executor, "_overlay_failed", set())
+    monkeypatch.setattr(executor, "in_overlay", refused)
+    monkeypatch.setattr(sandbox, "_overlay_failed", set())
     store = busybox_store(tmp_path)
     ctx = context(tmp_path, TWO_STAGES, TWO_STAGE_FILES)
     result = layercore.build(ctx, store=store, source_date_epoch=EPOCH)
-    assert len(tried) == 1 and executor._overlay_failed == {os.geteuid()}
+    assert len(tried) == 1 and sandbox._overlay_failed == {os.geteuid()}
     assert store.load(result.digest).stack.read("srv/made.txt") == b"hi from /app\n"
     # Forcing the overlay turns the refusal into an error that says so.
-    monkeypatch.setattr(executor, "_overlay_failed", set())
+    monkeypatch.setattr(sandbox, "_overlay_failed", set())
     monkeypatch.setenv("LAYERCORE_SNAPSHOTTER", "overlay")
     with pytest.raises(layercore.build.BuildError, match="overlayfs cannot be mounted"):
         layercore.build(ctx, store=store, source_date_epoch=EPOCH, no_cache=True)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from layercore.container import Container, ContainerEntry
     from layercore.diff import from_diff, from_overlay_upper
     from layercore.errors import (
+        ContainerError,
+        ContainerNotFoundError,
         CorruptImageError,
         CorruptLayerError,
         DigestMismatchError,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     )
     from layercore.image import Descriptor, HistoryEntry, Image, RuntimeConfig
     from layercore.layer import DirAttrs, Layer
+    from layercore.runtime.containers import BindMount, ContainerChange, ContainerInfo, RunResult
     from layercore.stack import Change, Stack
     from layercore.store import DiskUsage, GcReport, ImageUsage, Store
     from layercore.version import BuildInfo, __version__, build_info
@@ -47,6 +50,8 @@ _WHERE = {
     **dict.fromkeys(["from_diff", "from_overlay_upper"], "diff"),
     **dict.fromkeys(
         [
+            "ContainerError",
+            "ContainerNotFoundError",
             "CorruptImageError",
             "CorruptLayerError",
             "DigestMismatchError",
@@ -63,6 +68,9 @@ _WHERE = {
     ),
     **dict.fromkeys(["Descriptor", "HistoryEntry", "Image", "RuntimeConfig"], "image"),
     **dict.fromkeys(["DirAttrs", "Layer"], "layer"),
+    **dict.fromkeys(
+        ["BindMount", "ContainerChange", "ContainerInfo", "RunResult"], "runtime.containers"
+    ),
     **dict.fromkeys(["Change", "Stack"], "stack"),
     **dict.fromkeys(["DiskUsage", "GcReport", "ImageUsage", "Store"], "store"),
     **dict.fromkeys(["BuildInfo", "__version__", "build_info"], "version"),
@@ -86,10 +94,15 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BindMount",
     "BuildInfo",
     "Change",
     "Container",
+    "ContainerChange",
     "ContainerEntry",
+    "ContainerError",
+    "ContainerInfo",
+    "ContainerNotFoundError",
     "CorruptImageError",
     "CorruptLayerError",
     "Descriptor",
@@ -108,6 +121,7 @@ __all__ = [
     "LayerError",
     "LayerIOError",
     "LayerWarning",
+    "RunResult",
     "RuntimeConfig",
     "SourceChangedError",
     "SourceNotFoundError",

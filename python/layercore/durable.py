@@ -1,16 +1,22 @@
-"""Making writes durable: fsync of a file and of the directory that names it.
+"""Making writes durable: fsync of a file and of the directory that names it; and removing
+scratch trees.
 
 Both the store and the transports that write layouts and archives outside it rename complete,
-synced files into place; these are the calls they share.
+synced files into place; these are the calls they share. :func:`remove_tree` removes what a
+sandbox may leave unwritable (an overlay's work dir).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["fsync_dir", "fsync_path", "write_atomic"]
+__all__ = ["fsync_dir", "fsync_path", "remove_tree", "write_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -46,3 +52,25 @@ def write_atomic(path: Path, data: bytes) -> None:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_tree(path: Path) -> None:
+    """Removes a scratch tree, making read-only directories in it writable first (a build
+    step may leave some)."""
+
+    def retry(func: Callable[..., Any], target: str, _exc: object) -> None:
+        try:
+            if func in (os.open, os.scandir):
+                # A directory that may not be read (an overlay's work dir is mode 000).
+                os.chmod(target, 0o700)
+                remove_tree(Path(target))
+                return
+            os.chmod(os.path.dirname(target), 0o700)
+            func(target)
+        except FileNotFoundError:
+            pass
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)

@@ -14,6 +14,9 @@ import os
 __all__ = [
     "AuthenticationError",
     "BuildError",
+    "CommandNotFoundError",
+    "ContainerError",
+    "ContainerNotFoundError",
     "CorruptImageError",
     "CorruptLayerError",
     "DigestMismatchError",
@@ -108,6 +111,20 @@ class UnsupportedEntryError(LayerError, ValueError):
 
 class ImageNotFoundError(LayerError, LookupError):
     """The store has no image under that tag or digest (``path`` is the store's root)."""
+
+
+class ContainerNotFoundError(LayerError, LookupError):
+    """The store has no container of that name (``path`` is the name)."""
+
+
+class ContainerError(LayerError):
+    """A container cannot be created, started, committed or removed as asked: the name is
+    taken, it is running, the image has no command, the sandbox cannot start (``path`` is the
+    container's name or the image's reference)."""
+
+
+class CommandNotFoundError(ContainerError):
+    """The container's command is not in its image (``docker run`` exits 127 for it)."""
 
 
 class CorruptImageError(LayerError, ValueError):

@@ -26,10 +26,8 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -40,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from layercore import _core
-from layercore.durable import fsync_dir, fsync_path
+from layercore.durable import fsync_dir, fsync_path, remove_tree
 from layercore.errors import (
     CorruptImageError,
     DigestMismatchError,
@@ -65,6 +63,13 @@ from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
 
 if TYPE_CHECKING:
     from layercore.registry.transfer import PushResult, Transfers
+    from layercore.runtime.containers import (
+        BindMount,
+        ContainerChange,
+        ContainerInfo,
+        Network,
+        RunResult,
+    )
     from layercore.stack import Stack
 
 __all__ = [
@@ -518,7 +523,7 @@ class Store:
             try:
                 staging.rename(path)
             except OSError:
-                _remove_tree(staging)  # another build made it first
+                remove_tree(staging)  # another build made it first
         return path
 
     @contextmanager
@@ -682,7 +687,7 @@ class Store:
                     self._place_snapshot(tmp, final)
                 finally:
                     if tmp.exists():
-                        _remove_tree(tmp)
+                        remove_tree(tmp)
             return places
 
     def existing_snapshots(
@@ -719,12 +724,12 @@ class Store:
         removed. Returns the snapshot's path."""
         final = self._snapshot_path(self._chain(layers), xattrs)
         if final.is_dir():
-            _remove_tree(upper)
+            remove_tree(upper)
             return final
         final.parent.mkdir(exist_ok=True)
         self._place_snapshot(upper, final)
         if upper.exists():
-            _remove_tree(upper)
+            remove_tree(upper)
         return final
 
     def overlay_layer(
@@ -752,6 +757,124 @@ class Store:
                 lower=lower,
             )
         )
+
+    # -- containers ---------------------------------------------------------------------------
+
+    def containers_dir(self) -> Path:
+        """Where the store keeps containers, one directory each (their layout is
+        :mod:`layercore.runtime.containers`'s). :meth:`gc` keeps the image and the snapshots
+        of every container there."""
+        return self._private / "containers"
+
+    def run(
+        self,
+        image: str,
+        cmd: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+        env: Mapping[str, str] | Sequence[str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        mounts: Sequence[BindMount | str] = (),
+        network: Network = "none",
+        entrypoint: Sequence[str] | None = None,
+        rm: bool = False,
+        tty: bool = False,
+        interactive: bool = False,
+        stdout: Any = None,
+        stderr: Any = None,
+        stdin: Any = None,
+    ) -> RunResult:
+        """Runs ``image``'s command (or ``cmd``) in a new container over the image's shared
+        snapshots with a thin writable layer, kept in the store under ``name`` (``docker
+        run``); returns the exit code and the container. See
+        :func:`layercore.runtime.containers.create` and :func:`~layercore.runtime.containers.start`
+        for every argument."""
+        from layercore.runtime import containers
+
+        return containers.run(
+            self,
+            image,
+            cmd,
+            name=name,
+            env=env,
+            workdir=workdir,
+            user=user,
+            mounts=mounts,
+            network=network,
+            entrypoint=entrypoint,
+            rm=rm,
+            tty=tty,
+            interactive=interactive,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=stdin,
+        )
+
+    def start(
+        self,
+        name: str,
+        *,
+        interactive: bool = False,
+        stdout: Any = None,
+        stderr: Any = None,
+        stdin: Any = None,
+    ) -> RunResult:
+        """Runs the container ``name`` again on its writable layer (``docker start -a``)."""
+        from layercore.runtime import containers
+
+        return containers.start(
+            self, name, interactive=interactive, stdout=stdout, stderr=stderr, stdin=stdin
+        )
+
+    def containers(self) -> list[ContainerInfo]:
+        """The store's containers, oldest first (``docker ps -a``)."""
+        from layercore.runtime import containers
+
+        return containers.containers(self)
+
+    def container(self, name: str) -> ContainerInfo:
+        """The container ``name``; :class:`~layercore.errors.ContainerNotFoundError` if none."""
+        from layercore.runtime import containers
+
+        return containers.inspect(self, name)
+
+    def container_changes(self, name: str) -> list[ContainerChange]:
+        """What the container ``name`` changed, as ``docker diff`` lists it."""
+        from layercore.runtime import containers
+
+        return containers.changes(self, name)
+
+    def commit_container(
+        self,
+        name: str,
+        tag: str | None = None,
+        *,
+        message: str | None = None,
+        author: str | None = None,
+    ) -> Image:
+        """The container's image with its writable layer on top, saved (``docker commit``)."""
+        from layercore.runtime import containers
+
+        return containers.commit(self, name, tag, message=message, author=author)
+
+    def remove_container(self, name: str, *, force: bool = False) -> None:
+        """Removes the container ``name`` and its writable layer (``docker rm``)."""
+        from layercore.runtime import containers
+
+        containers.remove(self, name, force=force)
+
+    def _container_images(self) -> list[str]:
+        """The manifest digests of the containers' images (gc keeps them)."""
+        out = []
+        with suppress(OSError):
+            for entry in os.scandir(self.containers_dir()):
+                with suppress(OSError, ValueError, AttributeError):
+                    record = json.loads(Path(entry.path, "container.json").read_bytes())
+                    digest = record.get("image_digest")
+                    if isinstance(digest, str) and _DIGEST.fullmatch(digest):
+                        out.append(digest)
+        return out
 
     @staticmethod
     def _chain(layers: Sequence[Layer]) -> str:
@@ -898,7 +1021,9 @@ class Store:
             _flock(self._private / "gc.lock", fcntl.LOCK_EX),
         ):
             configs: set[str] = set()
-            reachable = self._reachable(self._read_index()["manifests"], configs=configs)
+            roots = self._read_index()["manifests"]
+            roots += [{"digest": d} for d in self._container_images()]
+            reachable = self._reachable(roots, configs=configs)
             for digest in self._cached_layers():
                 reachable.setdefault(digest, 0)
             removed: list[str] = []
@@ -943,7 +1068,7 @@ class Store:
         if leftovers:
             _unmount_below(self._tmp)
         for leftover in leftovers:
-            _remove_tree(leftover)
+            remove_tree(leftover)
         for name, size in _files(self._stamps):
             if name.endswith(".tmp"):
                 (self._stamps / name).unlink(missing_ok=True)
@@ -984,7 +1109,7 @@ class Store:
             if entry.name.removesuffix(".user") in keep:
                 continue
             freed += _tree_size(entry)
-            _remove_tree(entry)
+            remove_tree(entry)
         return freed
 
     def du(self) -> DiskUsage:
@@ -1228,7 +1353,7 @@ class Store:
             try:
                 yield path
             finally:
-                _remove_tree(path)
+                remove_tree(path)
 
     def diff_layer(
         self,
@@ -1634,28 +1759,6 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 def _stamp_text(st: os.stat_result) -> str:
     return " ".join(str(v) for v in _stat_key(st)) + "\n"
-
-
-def _remove_tree(path: Path) -> None:
-    """Removes a scratch tree, making read-only directories in it writable first (a build
-    step may leave some)."""
-
-    def retry(func: Callable[..., Any], target: str, _exc: object) -> None:
-        try:
-            if func in (os.open, os.scandir):
-                # A directory that may not be read (an overlay's work dir is mode 000).
-                os.chmod(target, 0o700)
-                _remove_tree(Path(target))
-                return
-            os.chmod(os.path.dirname(target), 0o700)
-            func(target)
-        except FileNotFoundError:
-            pass
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)
 
 
 def _chains(diff_ids: Sequence[str]) -> list[str]:

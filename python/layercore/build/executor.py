@@ -49,7 +49,6 @@ import json
 import os
 import posixpath
 import re
-import shlex
 import shutil
 import stat
 import subprocess
@@ -83,6 +82,24 @@ from layercore.errors import (
 )
 from layercore.image import Image, host_architecture, sha256_digest
 from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
+from layercore.runtime.sandbox import (
+    DEFAULT_PATH,
+    HOST_FILES,
+    MOUNT_FAILED_CODE,
+    MOUNT_FAILED_MARK,
+    MergedLower,
+    Mount,
+    OverlayUnavailable,
+    bwrap_command,
+    chroot_command,
+    in_overlay,
+    kill_group,
+    link_lowers,
+    make_skeleton,
+    overlay_failed,
+    overlay_works,
+    unmount,
+)
 from layercore.store import Store
 
 if TYPE_CHECKING:
@@ -91,10 +108,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BuildEvent", "BuildResult", "BuildStep", "build"]
 
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Mount points bwrap creates in the root filesystem if they are missing; removed after a RUN.
 _MOUNT_POINTS = ("proc", "dev", "etc/hosts", "etc/resolv.conf")
-_HOST_FILES = ("/etc/hosts", "/etc/resolv.conf")
 _OUTPUT_LINES = 20
 #: The manifest annotations that name the base image (OCI image-spec annotations.md).
 _BASE_DIGEST = "org.opencontainers.image.base.digest"
@@ -324,7 +339,7 @@ class _Build:
         self.trees: dict[str, Path] = {}  # extracted trees of stages/images, for COPY --from
         self.rootfs: dict[int, tuple[list[str], Path]] = {}  # stage -> (diff_ids, rootfs dir)
         self.linked: dict[str, Path] = {}  # chain_id -> a COPY layer's snapshot of links
-        self.lowers: dict[tuple[str, ...], _Lower | None] = {}  # diff_ids -> its snapshots
+        self.lowers: dict[tuple[str, ...], MergedLower | None] = {}  # diff_ids -> its snapshots
         self.warnings: list[str] = []
         self.remote: RemoteCache | None = None  # the --cache-from records
         # layer digest -> the --cache-from hits whose layer it is and that wait for it:
@@ -882,9 +897,9 @@ class _Build:
         key = tuple(image.diff_ids)
         if key not in self.lowers:
             snapshots = None
-            if os.geteuid() == 0 and _overlay_works():
+            if os.geteuid() == 0 and overlay_works():
                 snapshots = self.store.existing_snapshots(image.layers, given=self.linked)
-            self.lowers[key] = None if snapshots is None else _Lower(snapshots, "trusted")
+            self.lowers[key] = None if snapshots is None else MergedLower(snapshots, "trusted")
         lower = self.lowers[key]
         if lower is None:
             entry = image.stack.lookup(rel)
@@ -1108,7 +1123,7 @@ class _Build:
                 )
                 # A layer just written from this staging matches it to the mtime (a cached one
                 # was written from sources equal in all but their mtimes): link its snapshot.
-                if chmod is None and self.needs_tree(stage, ins) and _overlay_works():
+                if chmod is None and self.needs_tree(stage, ins) and overlay_works():
                     linked = self.link_snapshot(staging, under, dirs, uid, gid)
                     if linked is not None:
                         self.linked[_core.chain_id([*image.diff_ids, layer.diff_id])] = linked
@@ -1316,7 +1331,7 @@ class _Build:
             return path
         image = self.images[index] if index is not None else self.image(ref, ins)
         mounted = None
-        if image.layers and os.geteuid() == 0 and _overlay_works():
+        if image.layers and os.geteuid() == 0 and overlay_works():
             # The stage's snapshots, mounted read-only: nothing is extracted but the layers
             # that have no snapshot yet.
             mounted = self.mounted(image)
@@ -1334,7 +1349,7 @@ class _Build:
         mounted."""
         ws = self.workspace("view")
         snapshots = self.store.snapshots(image.layers, given=self.linked)
-        lowers = _link_lowers(ws, snapshots)
+        lowers = link_lowers(ws, snapshots)
         (ws / "skel").mkdir()
         (ws / "merged").mkdir()
         options = "ro,lowerdir=" + ":".join(["skel", *lowers])
@@ -1345,10 +1360,10 @@ class _Build:
             text=True,
         )
         if done.returncode != 0:
-            _overlay_failed.add(os.geteuid())
+            overlay_failed(os.geteuid())
             return None
-        self._exit.callback(_unmount, ws / "merged")
-        _VIEWS[ws / "merged"] = _Lower(snapshots, "trusted")
+        self._exit.callback(unmount, ws / "merged")
+        _VIEWS[ws / "merged"] = MergedLower(snapshots, "trusted")
         self._exit.callback(_VIEWS.pop, ws / "merged", None)
         return ws / "merged"
 
@@ -1359,7 +1374,7 @@ class _Build:
         if network not in ("default", "none", "host"):
             raise self.fail(f"RUN --network={network}: use default, none or host", ins)
         argv = state.command(ins)
-        script_mount: _Mount | None = None
+        script_mount: Mount | None = None
         step_scope = ExitStack()
         if ins.heredocs and not ins.json:
             doc = ins.heredocs[0]
@@ -1371,7 +1386,7 @@ class _Build:
                 script.write_text(doc.content)
                 os.chmod(script, 0o755)
                 target = f"/.layercore-heredoc/{doc.name}"
-                script_mount = _Mount("bind", script, target, True)
+                script_mount = Mount("bind", script, target, True)
                 argv = [target]
             elif alone:
                 argv = [*state.shell, doc.content]
@@ -1397,10 +1412,10 @@ class _Build:
             mounts = self.mounts(state, ins, step_scope)
             if script_mount is not None:
                 mounts.append(script_mount)
-            if _overlay_works():
+            if overlay_works():
                 try:
                     return self.run_overlay(stage, state, image, ins, argv, network, mounts, owner)
-                except _OverlayUnavailable:
+                except OverlayUnavailable:
                     if os.environ.get("LAYERCORE_SNAPSHOTTER") == "overlay":
                         raise BuildError(
                             "LAYERCORE_SNAPSHOTTER=overlay, but overlayfs cannot be mounted here",
@@ -1408,7 +1423,7 @@ class _Build:
                             stage=stage.label,
                             line=ins.line,
                         ) from None
-                    _overlay_failed.add(os.geteuid())
+                    overlay_failed(os.geteuid())
             rootfs = self.rootfs_for(stage, image)
             targets = [*_MOUNT_POINTS, *(m.target.lstrip("/") for m in mounts)]
             points = _MountPoints(rootfs, targets)
@@ -1477,7 +1492,7 @@ class _Build:
         ins: Instruction,
         argv: list[str],
         network: str,
-        mounts: list[_Mount],
+        mounts: list[Mount],
         owner: Owner,
     ) -> Layer:
         """RUN on an overlay of the stage's snapshots: the upper dir is the step's change,
@@ -1488,13 +1503,13 @@ class _Build:
             userns = os.geteuid() != 0
             xattrs: Literal["trusted", "user"] = "user" if userns else "trusted"
             snapshots = self.store.snapshots(image.layers, xattrs=xattrs, given=self.linked)
-            lowers = _link_lowers(ws, snapshots)
-            files = [f for f in _HOST_FILES if network != "none" and os.path.exists(f)]
+            lowers = link_lowers(ws, snapshots)
+            files = [f for f in HOST_FILES if network != "none" and os.path.exists(f)]
             points = [("proc", True), ("dev", True), *((f, False) for f in files)]
             points.append((state.workdir, True))
             for m in mounts:
                 points.append((m.target, m.kind == "tmpfs" or bool(m.source and m.source.is_dir())))
-            _skeleton(_Lower(snapshots, xattrs), ws / "skel", points)
+            make_skeleton(MergedLower(snapshots, xattrs), ws / "skel", points)
             for name in ("upper", "work", "merged"):
                 (ws / name).mkdir(mode=0o755)
             os.chmod(ws / "upper", 0o755)
@@ -1533,7 +1548,7 @@ class _Build:
         rootfs: Path,
         argv: list[str],
         network: str,
-        mounts: list[_Mount],
+        mounts: list[Mount],
         *,
         host_files: list[str] | None = None,
         overlay: tuple[Path, str] | None = None,
@@ -1543,15 +1558,15 @@ class _Build:
         there first, in the command's private mount namespace); raises :class:`BuildError` if
         it fails."""
         env = state.run_env()
-        env.setdefault("PATH", _DEFAULT_PATH)
+        env.setdefault("PATH", DEFAULT_PATH)
         user = state.config.get("User") or ""
         uid, gid = self.owner(user, image, ins) if user else (0, 0)
         workdir = state.workdir
         if host_files is None:
-            host_files = [f for f in _HOST_FILES if network != "none" and os.path.exists(f)]
+            host_files = [f for f in HOST_FILES if network != "none" and os.path.exists(f)]
         userns = overlay is not None and os.geteuid() != 0
         if uid != 0 and os.geteuid() == 0:
-            command = _chroot_command(
+            command = chroot_command(
                 rootfs,
                 workdir,
                 uid,
@@ -1564,12 +1579,12 @@ class _Build:
             )
             process_env = env
         else:
-            command = _bwrap_command(
+            command = bwrap_command(
                 rootfs, workdir, network, host_files, mounts, env, argv, userns=userns
             )
             process_env = None
         if overlay is not None:
-            command = _in_overlay(command, overlay[0], overlay[1], userns=userns)
+            command = in_overlay(command, overlay[0], overlay[1], userns=userns)
         shown = " ".join(argv)
         tail: deque[str] = deque(maxlen=_OUTPUT_LINES)
         try:
@@ -1597,15 +1612,15 @@ class _Build:
                 self.progress(BuildEvent("output", stage.label, ins.line, line))
             code = proc.wait()
         except BaseException:
-            _kill(proc)
+            kill_group(proc)
             raise
         first = next(iter(tail), "")
         if overlay is not None and (
-            (code == _MOUNT_FAILED_CODE and first == _MOUNT_FAILED_MARK)
+            (code == MOUNT_FAILED_CODE and first == MOUNT_FAILED_MARK)
             # No user namespace for a caller that is not root: the wrapper could not start.
             or (code == 1 and userns and first.startswith("unshare: "))
         ):
-            raise _OverlayUnavailable()
+            raise OverlayUnavailable()
         if code != 0:
             raise BuildError(
                 f"stage {stage.label}: RUN {shown!r} exited with code {code}",
@@ -1617,7 +1632,7 @@ class _Build:
                 output="\n".join(tail),
             )
 
-    def mounts(self, state: StageState, ins: Instruction, scope: ExitStack) -> list[_Mount]:
+    def mounts(self, state: StageState, ins: Instruction, scope: ExitStack) -> list[Mount]:
         """The ``--mount`` options of a ``RUN``, each made ready on the host: a bind of the
         context (a staged copy: what .dockerignore leaves) or of a stage's tree, a persistent
         cache directory of the store (``sharing=locked`` holds its lock for the step), a tmpfs,
@@ -1644,9 +1659,9 @@ class _Build:
                 directory = self.store.cache_mount(cache_id, mode=mode, uid=uid, gid=gid)
                 if opts.get("sharing", "shared") in ("locked", "private"):
                     scope.enter_context(self.store.cache_lock(cache_id))
-                out.append(_Mount("bind", directory, target, readonly))
+                out.append(Mount("bind", directory, target, readonly))
             elif kind == "tmpfs":
-                out.append(_Mount("tmpfs", None, target, False))
+                out.append(Mount("tmpfs", None, target, False))
             elif kind == "secret":
                 secret_id = opts.get("id") or posixpath.basename(target)
                 source = self.secrets.get(secret_id)
@@ -1654,12 +1669,12 @@ class _Build:
                     if opts.get("required", "false") != "false":
                         raise self.fail(f"secret {secret_id!r} is required but was not given", ins)
                     continue
-                out.append(_Mount("bind", Path(source), target, True))
+                out.append(Mount("bind", Path(source), target, True))
         return out
 
     def bind_mount(
         self, opts: Mapping[str, str], target: str, ins: Instruction, scope: ExitStack
-    ) -> _Mount:
+    ) -> Mount:
         rw = opts.get("rw", opts.get("readwrite", "false")) != "false"
         source = posixpath.normpath("/" + opts.get("source", opts.get("src", "/"))).lstrip("/")
         if "from" in opts:
@@ -1668,13 +1683,13 @@ class _Build:
             if not os.path.lexists(path):
                 raise self.fail(f"RUN --mount: {source or '/'} is not in {opts['from']}", ins)
             if not rw:
-                return _Mount("bind", path, target, True)
+                return Mount("bind", path, target, True)
             copy = scope.enter_context(self.store.workspace("mount")) / "src"
             if path.is_dir():
                 shutil.copytree(path, copy, symlinks=True)
             else:
                 shutil.copy2(path, copy, follow_symlinks=False)
-            return _Mount("bind", copy, target, False)
+            return Mount("bind", copy, target, False)
         # The context, as .dockerignore leaves it: staged (linked, or copied when it may be
         # written: a rw bind's changes are thrown away, never made to the context).
         rel = source or "."
@@ -1693,7 +1708,7 @@ class _Build:
             shutil.copy2(path, staging, follow_symlinks=False)
         else:
             _stage_entry(path, staging)
-        return _Mount("bind", staging, target, not rw)
+        return Mount("bind", staging, target, not rw)
 
     def rootfs_for(self, stage: Stage, image: Image) -> Path:
         """The stage's tree extracted: the last RUN's, with the layers added since applied."""
@@ -1721,17 +1736,6 @@ class _Found:
     uid: int
     gid: int
     mtime: int
-
-
-@dataclass(frozen=True)
-class _Mount:
-    """What a RUN gets mounted: ``bind`` of ``source`` (read-only or not) or a ``tmpfs``, at
-    ``target`` in the sandbox."""
-
-    kind: Literal["bind", "tmpfs"]
-    source: Path | None
-    target: str
-    readonly: bool
 
 
 class _MountPoints:
@@ -1768,89 +1772,6 @@ class _MountPoints:
 # -- sandboxes -------------------------------------------------------------------------------------
 
 
-def _bwrap_command(
-    rootfs: Path,
-    workdir: str,
-    network: str,
-    host_files: list[str],
-    mounts: Sequence[_Mount],
-    env: Mapping[str, str],
-    argv: Sequence[str],
-    *,
-    userns: bool = False,
-) -> list[str]:
-    """The command as root (or, for a caller that is not root, as root of a user namespace;
-    ``userns``: bwrap already runs as root of one) in ``rootfs``: new mount, PID, IPC and UTS
-    namespaces, ``/proc``, a minimal ``/dev``."""
-    command = ["bwrap", "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev"]
-    command += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent"]
-    if network == "none":
-        command.append("--unshare-net")
-    for f in host_files:
-        command += ["--ro-bind", f, f]
-    for m in mounts:
-        if m.kind == "tmpfs":
-            command += ["--tmpfs", m.target]
-        else:
-            command += ["--ro-bind" if m.readonly else "--bind", str(m.source), m.target]
-    if os.geteuid() != 0 and not userns:
-        command += ["--unshare-user", "--uid", "0", "--gid", "0"]
-    command += ["--chdir", workdir, "--clearenv"]
-    for k, v in env.items():
-        command += ["--setenv", k, v]
-    return [*command, "--", *argv]
-
-
-def _chroot_command(
-    rootfs: Path,
-    workdir: str,
-    uid: int,
-    gid: int,
-    network: str,
-    host_files: list[str],
-    mounts: Sequence[_Mount],
-    argv: Sequence[str],
-    *,
-    prepare: bool = True,
-) -> list[str]:
-    """The command as ``uid:gid`` in ``rootfs``, for a caller that is root: files it creates
-    are owned by that user on disk, so the layer records them so. bwrap can only give another
-    uid inside a user namespace, where that uid maps to the caller; util-linux ``unshare``
-    sets it directly: a private mount namespace gets the host's ``/dev`` and files bound in,
-    then new PID, IPC and UTS namespaces, ``/proc``, the root, the working directory, the ids.
-    ``prepare``: create the mount points in ``rootfs`` first (an overlay's skeleton has them)."""
-    if prepare:
-        for point in ("dev", "proc"):
-            (rootfs / point).mkdir(exist_ok=True)
-        for f in host_files:
-            target = rootfs / f.lstrip("/")
-            target.parent.mkdir(exist_ok=True)
-            if not target.exists():
-                target.touch()
-    binds = "".join(f' && mount --bind {f} "$r{f}"' for f in host_files)
-    for m in mounts:
-        target = rootfs / m.target.lstrip("/")
-        if prepare and (m.kind == "tmpfs" or (m.source is not None and m.source.is_dir())):
-            target.mkdir(parents=True, exist_ok=True)
-        elif prepare:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch(exist_ok=True)
-        quoted = shlex.quote(str(target))
-        if m.kind == "tmpfs":
-            binds += f" && mount -t tmpfs tmpfs {quoted}"
-        else:
-            binds += f" && mount --bind {shlex.quote(str(m.source))} {quoted}"
-            if m.readonly:
-                binds += f" && mount -o remount,ro,bind {quoted}"
-    script = f'r="$1"; shift; mount --rbind /dev "$r/dev"{binds} && exec "$@"'
-    inner = ["unshare", "--pid", "--fork", "--ipc", "--uts", "--mount-proc=/proc"]
-    inner += ["--root", str(rootfs), "--wd", workdir, "--setgid", str(gid), "--setuid", str(uid)]
-    outer = ["unshare", "--mount", "--propagation", "private"]
-    if network == "none":
-        outer.append("--net")
-    return [*outer, "--", "/bin/sh", "-c", script, "sh", str(rootfs), *inner, "--", *argv]
-
-
 def _mount_options(text: str) -> dict[str, str]:
     """A ``--mount`` spec (expanded) as options: keys lower case, a bare key ``true``."""
     opts = {}
@@ -1860,166 +1781,8 @@ def _mount_options(text: str) -> dict[str, str]:
     return opts
 
 
-def _in_overlay(command: list[str], ws: Path, options: str, *, userns: bool) -> list[str]:
-    """``command`` run after an overlay is mounted on ``ws/merged`` with ``options`` (paths
-    relative to ``ws``), in a private mount namespace (and, for a caller that is not root, a
-    user namespace where the caller is root, with ``userxattr``): the mount is gone when the
-    command ends, however it ends."""
-    script = (
-        'cd "$1" && { mount -t overlay overlay -o "$2" merged 2>/dev/null || '
-        f'{{ echo "{_MOUNT_FAILED_MARK}"; exit {_MOUNT_FAILED_CODE}; }}; }} && shift 2 && exec "$@"'
-    )
-    outer = ["unshare", "--mount", "--propagation", "private"]
-    if userns:
-        outer[1:1] = ["--user", "--map-root-user"]
-    return [*outer, "--", "/bin/sh", "-c", script, "sh", str(ws), options, *command]
-
-
-def _link_lowers(ws: Path, snapshots: Sequence[Path]) -> list[str]:
-    """Short names (``l/0``, ``l/1``, ...) in ``ws`` for the snapshot directories, top first,
-    as an overlay's ``lowerdir`` lists them: a mount's options fit in one page, and these
-    names keep hundreds of layers within it."""
-    links = ws / "l"
-    links.mkdir()
-    for i, path in enumerate(snapshots):
-        os.symlink(path, links / str(i))
-    return [f"l/{i}" for i in reversed(range(len(snapshots)))]
-
-
-class _Lower:
-    """The merged tree of overlay snapshots (top first), looked up on disk as overlayfs does:
-    the highest layer with a path gives it, a whiteout device hides it, a file hides what is
-    below it, and an opaque directory hides the lower layers' contents of that directory. A
-    few stat calls per layer, so a RUN needs no index of the image."""
-
-    def __init__(self, snapshots: Sequence[Path], xattrs: str) -> None:
-        self.layers = list(reversed(snapshots))
-        self.opaque = f"{xattrs}.overlay.opaque"
-
-    def lookup(self, rel: str) -> tuple[os.stat_result, str, Path] | None:
-        """``(lstat, symlink target or "", the path in its snapshot)`` of ``rel`` in the
-        merged tree, or ``None``."""
-        parts = [p for p in rel.split("/") if p]
-        if not parts:
-            return None
-        for layer in self.layers:
-            hidden = False  # an opaque directory of this layer hides the lower ones
-            for i in range(len(parts)):
-                path = layer.joinpath(*parts[: i + 1])
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    break
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    return None
-                if i == len(parts) - 1:
-                    link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
-                    return st, link, path
-                if not stat.S_ISDIR(st.st_mode):
-                    return None
-                with suppress(OSError):
-                    hidden = hidden or os.getxattr(path, self.opaque) == b"y"
-            if hidden:
-                return None
-        return None
-
-    def resolve(self, path: str) -> str | None:
-        """``path`` with the merged tree's symlinks resolved inside it, as the sandbox resolves
-        them; ``None`` after 40 links."""
-        parts = [p for p in path.split("/") if p]
-        out: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == ".":
-                continue
-            if part == "..":
-                if out:
-                    out.pop()
-                continue
-            found = self.lookup("/".join([*out, part]))
-            if found is not None and found[1]:
-                hops += 1
-                if hops > 40:
-                    return None
-                if found[1].startswith("/"):
-                    out = []
-                parts = [p for p in found[1].split("/") if p] + parts
-                continue
-            out.append(part)
-        return "/".join(out)
-
-
-def _skeleton(lower: _Lower, skel: Path, points: Sequence[tuple[str, bool]]) -> None:
-    """Makes in ``skel`` each mount point ``(path, is_dir)`` that the merged tree ``lower``
-    lacks, with the missing directories leading to it (0755), after resolving symlinks in it
-    as the sandbox will; a path blocked by a file is left alone. A directory of the skeleton
-    shows its own attributes in the merged tree (and a copy-up takes them), so those on the
-    way that the tree has are made with its mode, owner and mtime."""
-    skel.mkdir(exist_ok=True)
-    times: list[tuple[Path, os.stat_result]] = []
-    for path, is_dir in points:
-        resolved = lower.resolve(path)
-        if resolved is None:
-            continue
-        parts = [p for p in resolved.split("/") if p]
-        found: list[tuple[Path, os.stat_result]] = []  # the tree's directories on the way
-        for i in range(len(parts)):
-            rel = "/".join(parts[: i + 1])
-            last = i == len(parts) - 1
-            entry = lower.lookup(rel)
-            if entry is not None:
-                if last or not stat.S_ISDIR(entry[0].st_mode):
-                    break  # there, or a file where a directory should be: not ours to fix
-                found.append((skel / rel, entry[0]))
-                continue
-            for mirror, st in found:
-                if not mirror.is_dir():
-                    mirror.mkdir()
-                    os.chmod(mirror, stat.S_IMODE(st.st_mode))
-                    if os.geteuid() == 0:
-                        os.lchown(mirror, st.st_uid, st.st_gid)
-                    times.append((mirror, st))
-            found.clear()
-            target = skel / rel
-            if not last or is_dir:
-                target.mkdir(mode=0o755, exist_ok=True)
-            elif not os.path.lexists(target):
-                target.touch(mode=0o644)
-    # Times last: making the mount points changed them.
-    for mirror, st in times:
-        os.utime(mirror, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _unmount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-#: Users (euid) for whom an overlay could not be mounted in this process.
-_overlay_failed: set[int] = set()
-#: What the overlay wrapper prints, and its exit code, when the mount fails (before the
-#: command has run, so nothing else was printed).
-_MOUNT_FAILED_MARK = "layercore: overlay mount failed"
-_MOUNT_FAILED_CODE = 219
-
-
 class _NotLinkable(Exception):
     """A staged file differs from its layer entry: it cannot be linked into a snapshot."""
-
-
-class _OverlayUnavailable(Exception):
-    """The overlay could not be mounted: RUN falls back to a copied root filesystem."""
-
-
-def _overlay_works() -> bool:
-    """Whether RUN should mount an overlay (``LAYERCORE_SNAPSHOTTER=copy`` says never,
-    ``overlay`` always): yes unless a mount failed for this user in this process. Nothing is
-    probed ahead: a RUN whose mount fails says so (:data:`_MOUNT_FAILED_MARK`) and runs again
-    on a copied root filesystem."""
-    choice = os.environ.get("LAYERCORE_SNAPSHOTTER", "")
-    if choice in ("copy", "overlay"):
-        return choice == "overlay"
-    return os.geteuid() not in _overlay_failed
 
 
 _NO_RECORD = "no cache record for this step"
@@ -2115,7 +1878,7 @@ def _url_name(url: str) -> str:
 
 #: Read-only overlays of snapshots a build has mounted (see ``_Build.mounted``), by their
 #: mount point: a file staged from one is linked from the snapshot that holds it.
-_VIEWS: dict[Path, _Lower] = {}
+_VIEWS: dict[Path, MergedLower] = {}
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -2278,10 +2041,3 @@ def _remove_mount_point(path: Path) -> None:
             path.unlink()
     except OSError:
         pass
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """Kills the sandbox's whole process group (Ctrl-C, or the build failing around it)."""
-    with suppress(OSError):
-        os.killpg(proc.pid, 9)
-    proc.wait()

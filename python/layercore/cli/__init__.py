@@ -8,12 +8,14 @@ with stable keys, sizes in exact bytes. Tables are for people: sizes human-reada
 codes unless stdout is a terminal, a progress spinner on stderr only when stderr is one.
 
 Exit status: 0 on success, 1 when layercore reports an error (an unknown image, a damaged
-blob, a missing directory), 2 for a usage error (a bad option, an invalid tag).
+blob, a missing directory), 2 for a usage error (a bad option, an invalid tag); ``run`` and
+``start`` exit with the container's command's status (125 when it could not run).
 
 The package has one module per command group. Each has a ``register(commands)`` that adds its
 commands to the parser, every command's handler in its defaults; ``build_parser`` calls them in
 the order ``--help`` lists the commands, so a new group is one module and one entry in
-``_GROUPS``. Beside them: ``session`` (what a command runs with: the arguments, the store, the
+``_GROUPS`` (the module and the top-level commands it adds: a command's parser is built from
+its module alone). Beside them: ``session`` (what a command runs with: the arguments, the store, the
 consoles; ``UsageError``), ``output`` (sizes, digests, tables, the JSON of images and layers)
 and ``parser`` (``Commands``, how a module adds its commands).
 
@@ -26,25 +28,12 @@ free of argparse and rich.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from layercore.cli import (
-    analysis,
-    build,
-    explain,
-    image,
-    inspect,
-    layer,
-    registry,
-    report,
-    rewrite,
-    store,
-    transport,
-)
-from layercore.cli.inspect import diff_images
 from layercore.cli.parser import Commands, Formatter, epilog
 from layercore.cli.session import Handler, Session, UsageError, print_error
 from layercore.errors import LayerError
@@ -61,20 +50,37 @@ IMAGE is a tag (app:1.0) or a manifest digest (sha256:<hex>, or a unique prefix 
 Exit status: 0 on success, 1 when an operation fails (unknown image, damaged blob, missing
 directory), 2 for a usage error (bad option, invalid tag)."""
 
-#: Each command group's ``register``, in the order ``layercore --help`` lists their commands.
-_GROUPS: tuple[Callable[[Commands], None], ...] = (
-    layer.register,
-    image.register,
-    inspect.register,
-    report.register,
-    analysis.register,
-    explain.register,
-    rewrite.register,
-    build.register,
-    transport.register,
-    registry.register,
-    store.register,
+#: Each command group's module, in the order ``layercore --help`` lists their commands, with
+#: the top-level commands it adds: a command's parser is built by importing its module alone
+#: (importing every module would cost a short command like ``run`` most of its start-up).
+_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("layer", ("layer",)),
+    ("image", ("image",)),
+    ("inspect", ("images", "inspect", "history", "ls", "cat", "which", "diff")),
+    ("report", ("report",)),
+    ("analysis", ("waste",)),
+    ("explain", ("explain",)),
+    ("rewrite", ("flatten", "squash")),
+    ("build", ("build",)),
+    ("container", ("run", "start", "ps", "commit")),
+    ("transport", ("export", "import")),
+    ("registry", ("pull", "push", "copy", "login", "logout")),
+    ("store", ("tag", "rm", "rmi", "gc", "prune", "du", "verify")),
 )
+
+
+def _register(name: str) -> Callable[[Commands], None]:
+    module = importlib.import_module(f"layercore.cli.{name}")
+    register: Callable[[Commands], None] = module.register
+    return register
+
+
+def __getattr__(name: str) -> Any:
+    if name == "diff_images":  # the image diff, for callers of the command line's library
+        from layercore.cli.inspect import diff_images
+
+        return diff_images
+    raise AttributeError(f"module 'layercore.cli' has no attribute {name!r}")
 
 
 # --- the parser -----------------------------------------------------------------------------
@@ -127,8 +133,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="show the version and the build of the core (compiler, target, wheel tag), and exit",
     )
     commands = Commands.of(parser, only)
-    for register in _GROUPS:
-        register(commands)
+    for module, names in _GROUPS:
+        if only is None or only in names:
+            _register(module)(commands)
     return parser
 
 

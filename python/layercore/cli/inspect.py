@@ -140,19 +140,27 @@ def register(commands: Commands) -> None:
     p = commands.add(
         "diff",
         _cmd_diff,
-        "compare two images' file trees",
+        "compare two images' file trees, or list a container's changes",
         """
         Compares the merged views of two images and prints one line per change, sorted by
         path: A (only in the second), D (only in the first), M (in both, differing in kind,
         mode, owner, size, mtime, link target, xattrs or device numbers). Files with equal
         metadata are equal unless --content finds their bytes differ (files from the same
         layer are not read).
+
+        With one argument, a container: what it changed, as `docker diff` lists it, read from
+        its writable layer: A (added), C (changed; a directory when something in it changed),
+        D (deleted).
         """,
-        ["layercore diff app:1 app:2", "layercore diff app:1 app:2 --content --json"],
+        [
+            "layercore diff app:1 app:2",
+            "layercore diff app:1 app:2 --content --json",
+            "layercore diff web",
+        ],
         json=True,
     )
-    p.add_argument("image", metavar="IMAGE", help="the old image")
-    p.add_argument("other", metavar="IMAGE", help="the new image")
+    p.add_argument("image", metavar="IMAGE", help="the old image (or a container, alone)")
+    p.add_argument("other", metavar="IMAGE", nargs="?", help="the new image")
     p.add_argument(
         "--content", action="store_true", help="also compare the bytes of equal-metadata files"
     )
@@ -506,6 +514,10 @@ def diff_images(a: Image, b: Image, *, content: bool = False) -> list[dict[str, 
 
 
 def _cmd_diff(args: argparse.Namespace, session: Session) -> int:
+    if args.other is None:
+        from layercore.cli.container import show_changes
+
+        return show_changes(session, args.image)
     a, b = session.load(args.image), session.load(args.other)
     with session.progress(f"comparing {args.image} and {args.other}"):
         changes = diff_images(a, b, content=args.content)

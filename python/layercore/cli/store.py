@@ -1,7 +1,8 @@
-"""``layercore tag``, ``rm``, ``gc``, ``du`` and ``verify``: the store's tags, the blobs no image
-uses, the disk the store takes, and whether its blobs still match their digests.
+"""``layercore tag``, ``rm``, ``rmi``, ``gc``, ``du`` and ``verify``: the store's tags, the blobs
+no image uses, the disk the store takes, and whether its blobs still match their digests.
 
-It may import the errors, ``cli.session``, ``cli.output`` and ``cli.parser``.
+It may import the errors, ``cli.session``, ``cli.output``, ``cli.parser`` and, for ``rm`` of a
+container, ``cli.container``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __all__ = ["register"]
 
 
 def register(commands: Commands) -> None:
-    """Adds ``tag``, ``rm``, ``gc``, ``prune``, ``du`` and ``verify``."""
+    """Adds ``tag``, ``rm``, ``rmi``, ``gc``, ``prune``, ``du`` and ``verify``."""
     p = commands.add(
         "tag",
         _cmd_tag,
@@ -32,9 +33,22 @@ def register(commands: Commands) -> None:
     p = commands.add(
         "rm",
         _cmd_rm,
+        "remove containers or tags",
+        """
+        Removes each NAME: the container of that name if there is one (with its writable
+        layer; --force kills a running one first), else the tag. `layercore rmi` removes
+        tags only. A tag's blobs stay until `layercore gc`.
+        """,
+        ["layercore rm app:1 app:2", "layercore rm web", "layercore rm app:1 && layercore gc"],
+    )
+    p.add_argument("tags", metavar="NAME", nargs="+")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p = commands.add(
+        "rmi",
+        _cmd_rmi,
         "remove tags",
         "Removes the tags; their blobs stay until `layercore gc`.",
-        ["layercore rm app:1 app:2", "layercore rm app:1 && layercore gc"],
+        ["layercore rmi app:1 app:2"],
     )
     p.add_argument("tags", metavar="TAG", nargs="+")
     commands.add(
@@ -105,16 +119,32 @@ def _cmd_tag(args: argparse.Namespace, session: Session) -> int:
 
 
 def _cmd_rm(args: argparse.Namespace, session: Session) -> int:
+    from layercore.cli.container import is_container, remove_containers
+
+    status = 0
+    for name in args.tags:
+        if is_container(session, name):
+            status |= remove_containers(session, [name], force=args.force)
+        else:
+            status |= _untag(session, name)
+    return status
+
+
+def _cmd_rmi(args: argparse.Namespace, session: Session) -> int:
     status = 0
     for tag in args.tags:
-        try:
-            session.store.remove(tag)
-        except ImageNotFoundError as exc:
-            print_error(str(exc))
-            status = 1
-        else:
-            session.print(f"untagged {tag}")
+        status |= _untag(session, tag)
     return status
+
+
+def _untag(session: Session, tag: str) -> int:
+    try:
+        session.store.remove(tag)
+    except ImageNotFoundError as exc:
+        print_error(str(exc))
+        return 1
+    session.print(f"untagged {tag}")
+    return 0
 
 
 def _cmd_gc(args: argparse.Namespace, session: Session) -> int:

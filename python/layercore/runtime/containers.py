@@ -1,0 +1,1027 @@
+"""Containers: an image's command run over its snapshots with a thin writable layer.
+
+:meth:`Store.run <layercore.Store.run>` is ``docker run`` without a daemon. The image's layers
+are its overlay snapshots (:meth:`Store.snapshots <layercore.Store.snapshots>`, extracted once
+per layer and shared by every container and build), mounted read-only under the container's
+own upper dir; nothing of the image is copied, so a container starts in the same time whatever
+the image's size, and twenty containers of an image take twenty empty upper dirs of disk.
+
+A container is a directory of the store (``.layercore/containers/NAME/``):
+
+- ``container.json``: what it runs (written once, when it is created): the image (the reference
+  given and the manifest digest), the command, environment, working directory, user, network,
+  bind mounts, whether it has a terminal, and how its snapshots were made (``trusted`` overlay
+  xattrs as root, ``user`` ones in a user namespace);
+- ``state.json``: ``created``, ``running`` or ``exited``, the exit code and the times;
+- ``upper/`` and ``work/``: the overlay's writable layer and its work dir. Every write of the
+  command lands in ``upper/`` (a copy-up first for a file of the image): a deleted path is a
+  whiteout (a 0/0 character device), a directory made where the image has one is opaque;
+- ``skel/``: the mount points the image lacks (``/proc``, ``/dev``, the working directory,
+  bind targets), the top lower dir, so that they never reach ``upper/``;
+- ``l/``: short links to the snapshots (an overlay's options must fit in one page);
+- ``lock``: held while the command runs.
+
+:func:`commit` writes ``upper/`` as a layer (:meth:`Layer.from_overlay_upper
+<layercore.Layer.from_overlay_upper>`) on top of the image, :func:`changes` lists it as
+``docker diff`` does, :func:`start` runs the command again on the same ``upper/``, and
+:func:`remove` deletes the directory. :meth:`Store.gc <layercore.Store.gc>` keeps the image and
+the snapshots of every container.
+
+It may import the lower layers (errors, image, layer, store) and :mod:`layercore.runtime.sandbox`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import posixpath
+import re
+import select
+import signal
+import stat
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+from layercore.durable import remove_tree
+from layercore.errors import (
+    CommandNotFoundError,
+    ContainerError,
+    ContainerNotFoundError,
+    LayerWarning,
+)
+from layercore.runtime.sandbox import (
+    DEFAULT_PATH,
+    HOST_FILES,
+    MOUNT_FAILED_CODE,
+    MergedLower,
+    Mount,
+    bwrap_command,
+    chroot_command,
+    in_overlay,
+    link_lowers,
+    make_skeleton,
+)
+
+if TYPE_CHECKING:
+    from layercore.image import Image, RuntimeConfig
+    from layercore.store import Store
+
+__all__ = [
+    "BindMount",
+    "ContainerChange",
+    "ContainerInfo",
+    "RunResult",
+    "changes",
+    "commit",
+    "containers",
+    "create",
+    "inspect",
+    "remove",
+    "run",
+    "start",
+]
+
+#: Docker's container names: a letter or digit, then letters, digits, ``_``, ``.``, ``-``.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+Network = Literal["none", "host"]
+Status = Literal["created", "running", "exited"]
+#: Signals a container gets when ``layercore run`` gets them (``docker run``'s sig-proxy).
+_FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+#: Where the sandbox's wrapper says whether the overlay was mounted (see ``in_overlay``).
+_STATUS = "mount.status"
+#: The Ctrl-C that kills the container outright when it ignored the ones before.
+_KILL_AFTER_INTERRUPTS = 3
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """A host path bound into the container (``-v HOST:CTR[:ro]``)."""
+
+    source: Path
+    target: str
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> BindMount:
+        """``HOST:CTR``, ``HOST:CTR:ro`` or ``HOST:CTR:rw``, as ``docker run -v`` takes them
+        (``HOST`` absolute or relative to the working directory; ``CTR`` absolute)."""
+        parts = spec.split(":")
+        mode = "rw"
+        if len(parts) == 3:
+            mode = parts.pop()
+        if len(parts) != 2 or not parts[0] or mode not in ("ro", "rw"):
+            raise ValueError(f"invalid volume {spec!r}: write HOST:CONTAINER[:ro]")
+        return cls(Path(parts[0]), parts[1], mode == "ro")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": str(self.source), "target": self.target, "readonly": self.readonly}
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container of the store: what it runs and how it ended (see the module docstring)."""
+
+    name: str
+    #: The image reference it was created from, as given.
+    image: str
+    #: The manifest digest of that image.
+    image_digest: str
+    #: Entrypoint and command, as run.
+    command: tuple[str, ...]
+    env: tuple[str, ...]
+    workdir: str
+    user: str
+    network: Network
+    mounts: tuple[BindMount, ...]
+    tty: bool
+    status: Status
+    #: How the command ended (128 + N for signal N), or None before it ended.
+    exit_code: int | None
+    created: str
+    started: str | None
+    finished: str | None
+    #: The writable layer (an overlayfs upper dir).
+    upper_dir: Path
+
+    def size(self) -> int:
+        """The bytes of the regular files in the writable layer (``docker ps --size``)."""
+        total = 0
+        for base, _dirs, names in os.walk(self.upper_dir):
+            for name in names:
+                with suppress(OSError):
+                    st = os.lstat(os.path.join(base, name))
+                    total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+        return total
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "image": self.image,
+            "image_digest": self.image_digest,
+            "command": list(self.command),
+            "env": list(self.env),
+            "workdir": self.workdir,
+            "user": self.user,
+            "network": self.network,
+            "mounts": [m.to_json() for m in self.mounts],
+            "tty": self.tty,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "upper_dir": str(self.upper_dir),
+        }
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: the command's exit code (128 + N when signal N ended it, as a shell
+    reports it) and the container as it is after the run."""
+
+    exit_code: int
+    container: ContainerInfo
+
+
+@dataclass(frozen=True)
+class ContainerChange:
+    """One line of ``docker diff``: ``A`` (added), ``C`` (changed) or ``D`` (deleted), and the
+    path from the container's root."""
+
+    kind: Literal["A", "C", "D"]
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.path}"
+
+
+# -- creating and running ------------------------------------------------------------------------
+
+
+def run(
+    store: Store,
+    image: str,
+    cmd: Sequence[str] | None = None,
+    *,
+    name: str | None = None,
+    env: Mapping[str, str] | Sequence[str] | None = None,
+    workdir: str | None = None,
+    user: str | None = None,
+    mounts: Sequence[BindMount | str] = (),
+    network: Network = "none",
+    entrypoint: Sequence[str] | None = None,
+    rm: bool = False,
+    tty: bool = False,
+    interactive: bool = False,
+    stdout: IO[Any] | int | None = None,
+    stderr: IO[Any] | int | None = None,
+    stdin: IO[Any] | int | None = None,
+) -> RunResult:
+    """Creates a container of ``image`` (see :func:`create`) and runs it (see :func:`start`);
+    with ``rm``, removes it when the command has ended, however it ended."""
+    info = create(
+        store,
+        image,
+        cmd,
+        name=name,
+        env=env,
+        workdir=workdir,
+        user=user,
+        mounts=mounts,
+        network=network,
+        entrypoint=entrypoint,
+        tty=tty,
+    )
+    try:
+        return start(
+            store, info.name, interactive=interactive, stdout=stdout, stderr=stderr, stdin=stdin
+        )
+    finally:
+        if rm:
+            remove(store, info.name)
+
+
+def create(
+    store: Store,
+    image: str,
+    cmd: Sequence[str] | None = None,
+    *,
+    name: str | None = None,
+    env: Mapping[str, str] | Sequence[str] | None = None,
+    workdir: str | None = None,
+    user: str | None = None,
+    mounts: Sequence[BindMount | str] = (),
+    network: Network = "none",
+    entrypoint: Sequence[str] | None = None,
+    tty: bool = False,
+) -> ContainerInfo:
+    """A new container of ``image`` (a tag or digest of the store), not started.
+
+    Its command is the image's Entrypoint followed by ``cmd`` (else the image's Cmd);
+    ``entrypoint`` replaces the image's. ``env`` adds to the image's Env (a ``"K"`` without
+    ``=`` takes ``K`` from this process's environment, as ``docker run -e K`` does);
+    ``workdir`` (absolute) and ``user`` (``name|uid[:group|gid]``) replace the image's;
+    ``mounts`` are host paths bound in (a missing host directory is created, as Docker does);
+    ``network`` is ``"none"`` (a private loopback) or ``"host"``. The image's snapshots are
+    made if missing (the first run of an image pays for extracting its layers once)."""
+    if network not in ("none", "host"):
+        raise ValueError(f"network {network!r}: use none or host")
+    loaded = store.load(image)
+    argv = _command(loaded.runtime_config, cmd, entrypoint)
+    if not argv:
+        raise ContainerError(
+            "the image has no command (Entrypoint or Cmd): give one after the image", image
+        )
+    workdir = workdir or loaded.runtime_config.working_dir or "/"
+    if not workdir.startswith("/"):
+        raise ValueError(f"working directory {workdir!r} must be an absolute path")
+    binds = [BindMount.parse(m) if isinstance(m, str) else m for m in mounts]
+    binds = [_ready(m) for m in binds]
+    name = name or _generated_name(image)
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid container name {name!r}: a letter or digit, then letters, digits, "
+            "'_', '.' or '-' (at most 128)"
+        )
+    userns = os.geteuid() != 0
+    xattrs: Literal["trusted", "user"] = "user" if userns else "trusted"
+    record = {
+        "name": name,
+        "image": image,
+        "image_digest": loaded.digest,
+        "command": argv,
+        "env": _environment(loaded.runtime_config.env, env),
+        "workdir": workdir,
+        "user": user if user is not None else loaded.runtime_config.user or "",
+        "network": network,
+        "mounts": [m.to_json() for m in binds],
+        "tty": tty,
+        "xattrs": xattrs,
+        "created": _now(),
+    }
+    root = store.containers_dir()
+    final = root / name
+    if os.path.lexists(final):
+        raise ContainerError(f"a container named {name!r} exists already", name)
+    with store.writing():
+        with warnings.catch_warnings():
+            if userns:
+                # Expected: the caller cannot give files other owners; in the container's user
+                # namespace, where only root is mapped (to the caller), they are root's anyway.
+                warnings.filterwarnings("ignore", "owner not restored", LayerWarning)
+            snapshots = store.snapshots(loaded.layers, xattrs=xattrs)
+        tmp = root / f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        tmp.mkdir(parents=True)
+        try:
+            link_lowers(tmp, snapshots)
+            points = [("proc", True), ("dev", True), (workdir, True)]
+            points += [(f, False) for f in HOST_FILES if network != "none" and os.path.exists(f)]
+            points += [(m.target, m.source.is_dir()) for m in binds]
+            make_skeleton(MergedLower(snapshots, xattrs), tmp / "skel", points)
+            for part in ("upper", "work", "merged"):
+                (tmp / part).mkdir(mode=0o755)
+            os.chmod(tmp / "upper", 0o755)
+            _write(tmp / "container.json", record)
+            _write(tmp / "state.json", {"status": "created"})
+            try:
+                tmp.rename(final)
+            except OSError as e:
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise ContainerError(
+                        f"a container named {name!r} exists already", name
+                    ) from None
+                raise
+        finally:
+            if tmp.exists():
+                remove_tree(tmp)
+    return _info(final, record, {"status": "created"})
+
+
+def start(
+    store: Store,
+    name: str,
+    *,
+    interactive: bool = False,
+    stdout: IO[Any] | int | None = None,
+    stderr: IO[Any] | int | None = None,
+    stdin: IO[Any] | int | None = None,
+) -> RunResult:
+    """Runs the container's command on its writable layer (what an earlier run wrote is
+    there) and waits for it. ``stdout`` and ``stderr`` are this process's unless given; the
+    command reads ``stdin`` (default: this process's) only when ``interactive``. A container
+    made with ``tty`` gets a pseudo-terminal, relayed to them (raw mode when this process's
+    stdin is a terminal, so Ctrl-C reaches the command as it would in a shell). The signals
+    this process gets (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) are passed to the
+    command; a third Ctrl-C kills it. Raises :class:`ContainerError` if it runs already."""
+    directory = _directory(store, name)
+    record = _read(directory / "container.json", name)
+    lock = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ContainerError(f"container {name!r} is running", name) from None
+        command, process_env = _sandbox_command(directory, record)
+        before = _read(directory / "state.json", name)
+        state: dict[str, Any] = {"status": "running", "started": _now(), "pid": os.getpid()}
+        _write(directory / "state.json", state)
+        try:
+            code = _supervise(
+                command,
+                process_env,
+                directory / _STATUS,
+                tty=bool(record.get("tty")),
+                interactive=interactive,
+                stdout=stdout,
+                stderr=stderr,
+                stdin=stdin,
+            )
+        except ContainerError:
+            _write(directory / "state.json", before)  # the command never ran
+            raise
+        except BaseException:
+            _write(directory / "state.json", _ended(state, None))
+            raise
+        state = _ended(state, code)
+        _write(directory / "state.json", state)
+    finally:
+        os.close(lock)
+    return RunResult(code, _info(directory, record, state))
+
+
+def _ended(state: Mapping[str, Any], code: int | None) -> dict[str, Any]:
+    return {"status": "exited", "started": state["started"], "finished": _now(), "exit_code": code}
+
+
+def _sandbox_command(
+    directory: Path, record: Mapping[str, Any]
+) -> tuple[list[str], dict[str, str] | None]:
+    """The command line that mounts the container's overlay and runs its command in it, and
+    the environment that command line needs (None: this process's)."""
+    userns = record["xattrs"] == "user"
+    if userns != (os.geteuid() != 0):
+        raise ContainerError(
+            "the container was made "
+            + ("without" if userns else "with")
+            + " root; run it as the user that made it",
+            record["name"],
+        )
+    network = record["network"]
+    env = dict(_split(e) for e in record["env"])
+    env.setdefault("PATH", DEFAULT_PATH)
+    mounts = [
+        Mount("bind", Path(m["source"]), m["target"], bool(m["readonly"])) for m in record["mounts"]
+    ]
+    files = [f for f in HOST_FILES if network != "none" and os.path.exists(f)]
+    lower = _lower(directory, record["xattrs"])
+    uid, gid = _ids(record["user"], lower, record["name"])
+    _check_command(
+        record, env["PATH"], MergedLower([*lower.snapshots, directory / "upper"], record["xattrs"])
+    )
+    merged = directory / "merged"
+    argv = record["command"]
+    workdir = record["workdir"]
+    process_env: dict[str, str] | None = None
+    if uid != 0 and not userns:
+        command = chroot_command(
+            merged, workdir, uid, gid, network, files, mounts, argv, prepare=False
+        )
+        process_env = env
+    else:
+        command = bwrap_command(merged, workdir, network, files, mounts, env, argv, userns=userns)
+        if uid != 0 or gid != 0:
+            at = command.index("--chdir")
+            command[at:at] = ["--unshare-user", "--uid", str(uid), "--gid", str(gid)]
+    options = ("userxattr," if userns else "index=off,redirect_dir=off,metacopy=off,") + (
+        "lowerdir="
+        + ":".join(["skel", *(f"l/{i}" for i in reversed(range(len(lower.layers))))])
+        + ",upperdir=upper,workdir=work"
+    )
+    command = in_overlay(command, directory, options, userns=userns, status_file=_STATUS)
+    return command, process_env
+
+
+def _supervise(
+    command: list[str],
+    env: dict[str, str] | None,
+    status: Path,
+    *,
+    tty: bool,
+    interactive: bool,
+    stdout: IO[Any] | int | None,
+    stderr: IO[Any] | int | None,
+    stdin: IO[Any] | int | None,
+) -> int:
+    """Runs ``command`` in a new session, passing it this process's signals, and returns its
+    exit code (128 + N for a signal); :class:`ContainerError` if the sandbox's wrapper says
+    (in the file ``status``) that the command never started."""
+    status.unlink(missing_ok=True)
+    master = slave = -1
+    if tty:
+        master, slave = os.openpty()
+        _copy_window_size(stdin, master)
+    try:
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdin=slave if tty else (stdin if interactive else subprocess.DEVNULL),
+                stdout=slave if tty else stdout,
+                stderr=slave if tty else stderr,
+                start_new_session=True,
+                preexec_fn=_child_setup(tty),
+                env=env,
+            )
+        except FileNotFoundError as e:
+            raise ContainerError(
+                f"running a container needs {e.filename} on PATH (Debian: bubblewrap, util-linux)"
+            ) from None
+        finally:
+            if slave >= 0:
+                os.close(slave)
+        with _forwarding(proc):
+            if tty:
+                _relay(proc, master, interactive=interactive, stdin=stdin, stdout=stdout)
+            code = proc.wait()
+    finally:
+        if master >= 0:
+            os.close(master)
+    try:
+        said = status.read_text(errors="replace")
+    except FileNotFoundError:
+        said = ""
+    if not said.endswith("+"):
+        if code == MOUNT_FAILED_CODE and said:
+            why = "overlayfs cannot be mounted here (as root, or in a user namespace with "
+            why += f"userxattr on Linux 5.11 or later): {said.strip()}"
+        else:
+            why = "the sandbox could not start: no private mount namespace"
+            why += "" if os.geteuid() == 0 else " (are user namespaces allowed?)"
+        raise ContainerError(why)
+    return 128 - code if code < 0 else code
+
+
+def _child_setup(tty: bool) -> Any:
+    """What the child does before it runs the sandbox: the forwarded signals back to their
+    defaults (this process may have been started with SIGINT ignored, as a shell starts a
+    background job, and ignored signals stay ignored across exec), and with ``tty`` the
+    pseudo-terminal on fd 0 taken as its controlling terminal (after ``setsid``)."""
+
+    def setup() -> None:
+        for sig in _FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        if tty:
+            import termios
+
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    return setup
+
+
+def _copy_window_size(source: IO[Any] | int | None, master: int) -> None:
+    """Gives the pseudo-terminal ``master`` the window size of ``source`` (default: this
+    process's stdin), or 24x80 when that is not a terminal."""
+    import struct
+    import termios
+
+    size = struct.pack("HHHH", 24, 80, 0, 0)
+    with suppress(AttributeError, OSError, ValueError):
+        size = fcntl.ioctl(_fd(source, sys.stdin), termios.TIOCGWINSZ, size)
+    with suppress(OSError):
+        fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+
+
+class _forwarding:
+    """Passes this process's signals to the command while it runs (only where signal
+    handlers may be set: the main thread): to every process of its session's group but the
+    sandbox's own (bwrap's monitor and init, or ``unshare``), as a terminal's Ctrl-C reaches
+    a shell's foreground job; a third Ctrl-C kills the whole group."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.interrupts = 0
+        self.saved: dict[int, Any] = {}
+
+    def __enter__(self) -> _forwarding:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in _FORWARDED:
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        if exc[0] is not None and self.proc.poll() is None:
+            with suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def _handle(self, sig: int, _frame: object) -> None:
+        if sig == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts >= _KILL_AFTER_INTERRUPTS:
+                with suppress(OSError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                return
+        for pid in _command_processes(self.proc.pid):
+            with suppress(OSError):
+                os.kill(pid, sig)
+
+
+def _command_processes(leader: int) -> list[int]:
+    """The processes of the process group ``leader`` leads (the sandbox started with
+    ``setsid``), but the sandbox's: the leader itself and, when it is bwrap, its init (the
+    PID namespace's process 1, whose child is the command). A signal bwrap gets would end
+    bwrap, not pass it on."""
+    members: list[tuple[int, int]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(b")") + 2 :].split()
+        if int(fields[2]) == leader:
+            members.append((int(entry), int(fields[1])))
+    sandbox = {leader}
+    with suppress(OSError), open(f"/proc/{leader}/comm", "rb") as f:
+        if f.read().strip() == b"bwrap":
+            sandbox.update(pid for pid, parent in members if parent == leader)
+    return [pid for pid, _ in members if pid not in sandbox]
+
+
+def _relay(
+    proc: subprocess.Popen[bytes],
+    master: int,
+    *,
+    interactive: bool,
+    stdin: IO[Any] | int | None,
+    stdout: IO[Any] | int | None,
+) -> None:
+    """Copies the pseudo-terminal's output to ``stdout`` and, when ``interactive``, ``stdin``
+    to it, until the command's side closes; this process's terminal is raw meanwhile."""
+    import termios
+    import tty
+
+    out_fd = _fd(stdout, sys.stdout)
+    in_fd = _fd(stdin, sys.stdin) if interactive else -1
+    saved = None
+    if in_fd >= 0 and os.isatty(in_fd):
+        saved = termios.tcgetattr(in_fd)
+        tty.setraw(in_fd, termios.TCSANOW)  # what was typed ahead is kept for the command
+    resize = None
+    if in_fd >= 0 and os.isatty(in_fd):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            resize = signal.signal(signal.SIGWINCH, lambda *_: _copy_window_size(in_fd, master))
+    try:
+        readers = [master] + ([in_fd] if in_fd >= 0 else [])
+        while True:
+            try:
+                ready, _, _ = select.select(readers, [], [])
+            except InterruptedError:
+                continue
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError as e:
+                    if e.errno != errno.EIO:
+                        raise
+                    data = b""
+                if not data:
+                    break
+                _write_all(out_fd, data)
+            if in_fd in ready:
+                data = os.read(in_fd, 65536)
+                if data:
+                    _write_all(master, data)
+                else:
+                    readers.remove(in_fd)
+                    # End of input: end of file for the command, as a terminal's Ctrl-D.
+                    _write_all(master, termios.tcgetattr(master)[6][termios.VEOF])
+    finally:
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+        if resize is not None:
+            signal.signal(signal.SIGWINCH, resize)
+
+
+def _fd(stream: IO[Any] | int | None, default: IO[Any]) -> int:
+    if isinstance(stream, int):
+        return stream
+    return (stream or default).fileno()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# -- looking at containers -----------------------------------------------------------------------
+
+
+def containers(store: Store) -> list[ContainerInfo]:
+    """The store's containers, oldest first."""
+    root = store.containers_dir()
+    out = []
+    with suppress(FileNotFoundError):
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            with suppress(ContainerNotFoundError):
+                out.append(inspect(store, entry.name))
+    return sorted(out, key=lambda c: c.created)
+
+
+def inspect(store: Store, name: str) -> ContainerInfo:
+    """The container ``name``; :class:`ContainerNotFoundError` if the store has none."""
+    directory = _directory(store, name)
+    record = _read(directory / "container.json", name)
+    return _info(directory, record, _state(directory))
+
+
+def changes(store: Store, name: str) -> list[ContainerChange]:
+    """What the container changed, as ``docker diff`` lists it, sorted by path: ``A`` for a
+    path the image does not have, ``C`` for one it has (a directory is ``C`` when something
+    in it changed), ``D`` for one deleted (a whiteout; inside a directory that was replaced,
+    every path of the image's that the new one lacks)."""
+    directory = _directory(store, name)
+    record = _read(directory / "container.json", name)
+    lower = _lower(directory, record["xattrs"])
+    opaque = f"{record['xattrs']}.overlay.opaque"
+    out: list[ContainerChange] = []
+
+    def visit(upper: Path, rel: str) -> None:
+        with os.scandir(upper) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            path = f"{rel}/{entry.name}"
+            st = entry.stat(follow_symlinks=False)
+            if _is_whiteout(entry.path, st):
+                out.append(ContainerChange("D", path))
+                continue
+            there = lower.lookup(path) is not None
+            out.append(ContainerChange("C" if there else "A", path))
+            if stat.S_ISDIR(st.st_mode):
+                if there and _xattr(entry.path, opaque) == b"y":
+                    present = {e.name for e in entries_of(entry.path)}
+                    for gone in sorted(set(lower.listdir(path)) - present):
+                        out.append(ContainerChange("D", f"{path}/{gone}"))
+                visit(Path(entry.path), path)
+
+    def entries_of(path: str) -> list[os.DirEntry[str]]:
+        with os.scandir(path) as it:
+            return [e for e in it if not _is_whiteout(e.path, e.stat(follow_symlinks=False))]
+
+    visit(directory / "upper", "")
+    return sorted(out, key=lambda c: c.path.split("/"))
+
+
+def commit(
+    store: Store,
+    name: str,
+    tag: str | None = None,
+    *,
+    message: str | None = None,
+    author: str | None = None,
+) -> Image:
+    """The container's image with its writable layer on top (``docker commit``): the upper
+    dir written as a layer (:meth:`Store.overlay_layer <layercore.Store.overlay_layer>`) and
+    a history entry whose ``created_by`` is the command and ``comment`` the ``message``.
+    Saved in the store (under ``tag`` if given). The container must not be running."""
+    directory = _directory(store, name)
+    record = _read(directory / "container.json", name)
+    if _state(directory)["status"] == "running":
+        raise ContainerError(f"container {name!r} is running: commit it when it has ended", name)
+    image = store.load(record["image_digest"])
+    userns = record["xattrs"] == "user"
+    layer = store.overlay_layer(
+        directory / "upper",
+        lower=image.stack if userns else None,
+        owner="inherit" if userns else "numeric",
+    )
+    committed = image.append(
+        layer, created_by=" ".join(record["command"]), comment=message, author=author
+    )
+    return store.save(committed, tag)
+
+
+def remove(store: Store, name: str, *, force: bool = False) -> None:
+    """Removes the container and its writable layer. A running one is an error unless
+    ``force``, which kills it first (as ``docker rm -f``)."""
+    directory = _directory(store, name)
+    lock = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not force:
+                raise ContainerError(
+                    f"container {name!r} is running: stop it, or remove it with --force", name
+                ) from None
+            pid = _state(directory).get("pid")
+            if isinstance(pid, int):
+                with suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        gone = directory.with_name(f".{name}.{os.getpid()}.{os.urandom(4).hex()}.rm")
+        directory.rename(gone)
+    finally:
+        os.close(lock)
+    remove_tree(gone)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _command(
+    config: RuntimeConfig, cmd: Sequence[str] | None, entrypoint: Sequence[str] | None
+) -> list[str]:
+    """Docker's rule: Entrypoint + Cmd; a given command replaces Cmd, a given entrypoint
+    replaces Entrypoint and drops the image's Cmd."""
+    ep = list(entrypoint) if entrypoint is not None else list(config.entrypoint or ())
+    if cmd:
+        return [*ep, *cmd]
+    if entrypoint is not None:
+        return ep
+    return [*ep, *(config.cmd or ())]
+
+
+def _environment(
+    image_env: Sequence[str], env: Mapping[str, str] | Sequence[str] | None
+) -> list[str]:
+    merged = dict(_split(e) for e in image_env)
+    items: list[tuple[str, str | None]] = []
+    if isinstance(env, Mapping):
+        items = [(k, v) for k, v in env.items()]
+    elif env is not None:
+        for item in env:
+            key, sep, text = item.partition("=")
+            items.append((key, text if sep else None))
+    for key, given in items:
+        if not key:
+            raise ValueError(f"invalid environment variable ={given}: no name")
+        value = os.environ.get(key) if given is None else given
+        if value is not None:
+            merged[key] = value
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def _split(item: str) -> tuple[str, str]:
+    key, _, value = item.partition("=")
+    return key, value
+
+
+def _ready(mount: BindMount) -> BindMount:
+    """``mount`` with an absolute host path (a missing one made a directory, as Docker does)
+    and a normalised absolute target."""
+    if not mount.target.startswith("/"):
+        raise ValueError(f"mount target {mount.target!r} must be an absolute path")
+    source = mount.source.absolute()
+    if not os.path.lexists(source):
+        source.mkdir(parents=True)
+    target = os.path.normpath(mount.target)
+    if target == "/":
+        raise ValueError("a mount cannot replace the container's root")
+    return BindMount(source, target, mount.readonly)
+
+
+def _check_command(record: Mapping[str, Any], path: str, view: MergedLower) -> None:
+    """Raises :class:`CommandNotFoundError` unless the command's program is a file of the
+    container's tree (its image and writable layer), found as ``execvp`` finds it: by
+    ``PATH`` for a bare name, from the working directory for a relative path. A program
+    that may come from a bind mount, ``/proc`` or ``/dev`` is left to the sandbox."""
+    program = record["command"][0]
+    if "/" in program:
+        candidates = [posixpath.normpath(posixpath.join(record["workdir"], program))]
+    else:
+        candidates = [posixpath.join(d, program) for d in path.split(":") if d.startswith("/")]
+    outside = ["/proc", "/dev", *(m["target"] for m in record["mounts"])]
+    for candidate in candidates:
+        if any(candidate == o or candidate.startswith(o + "/") for o in outside):
+            return
+        resolved = view.resolve(candidate)
+        found = view.lookup(resolved) if resolved else None
+        if found is not None and not stat.S_ISDIR(found[0].st_mode):
+            return
+    if "/" in program:
+        why = f"exec: {program!r}: no such file or directory"
+    else:
+        why = f"exec: {program!r}: executable file not found in $PATH ({path})"
+    raise CommandNotFoundError(why, record["name"])
+
+
+def _ids(user: str, lower: MergedLower, name: str) -> tuple[int, int]:
+    """``user[:group]`` as ids, Docker's way: names from the image's ``/etc/passwd`` and
+    ``/etc/group``; a uid not in ``/etc/passwd`` gets group 0."""
+    if not user:
+        return 0, 0
+    spec, _, group = user.partition(":")
+    passwd = _table(lower, "etc/passwd")
+    if spec.isdigit():
+        uid = int(spec)
+        gid = next((g for u, g in passwd.values() if u == uid), 0)
+    elif spec in passwd:
+        uid, gid = passwd[spec]
+    else:
+        raise ContainerError(
+            f"unable to find user {spec}: no matching entries in passwd file", name
+        )
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            groups = _table(lower, "etc/group")
+            if group not in groups:
+                raise ContainerError(
+                    f"unable to find group {group}: no matching entries in group file", name
+                )
+            gid = groups[group][0]
+    return uid, gid
+
+
+def _table(lower: MergedLower, rel: str) -> dict[str, tuple[int, int]]:
+    """``name -> (id, gid)`` of an ``/etc/passwd``-like file of the image (read from the
+    snapshots, so no index of the image is needed)."""
+    path = lower.resolve(rel)
+    found = lower.lookup(path) if path else None
+    if found is None or not stat.S_ISREG(found[0].st_mode):
+        return {}
+    rows = {}
+    with suppress(OSError):
+        for line in found[2].read_text(errors="replace").splitlines():
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[2].isdigit():
+                gid = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else 0
+                rows[fields[0]] = (int(fields[2]), gid)
+    return rows
+
+
+def _lower(directory: Path, xattrs: str) -> MergedLower:
+    links = sorted((directory / "l").iterdir(), key=lambda p: int(p.name))
+    return MergedLower(links, xattrs)
+
+
+def _is_whiteout(path: str, st: os.stat_result) -> bool:
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        return True
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == 0
+        and _xattr(path, "user.overlay.whiteout") is not None
+    )
+
+
+def _xattr(path: str, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _directory(store: Store, name: str) -> Path:
+    directory = store.containers_dir() / name
+    if not _NAME.fullmatch(name) or not (directory / "container.json").is_file():
+        raise ContainerNotFoundError(f"no container named {name!r}", name)
+    return directory
+
+
+def _read(path: Path, name: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ContainerNotFoundError(f"no container named {name!r}", name) from None
+    except ValueError as e:
+        raise ContainerError(f"{path.name} is damaged: {e}", name) from None
+    if not isinstance(value, dict):
+        raise ContainerError(f"{path.name} is damaged: not a JSON object", name)
+    return value
+
+
+def _state(directory: Path) -> dict[str, Any]:
+    """The state file, corrected: a container whose lock is free is not running (the process
+    that ran it died)."""
+    state = _read(directory / "state.json", directory.name)
+    if state.get("status") == "running" and not _locked(directory / "lock"):
+        state = {**state, "status": "exited", "exit_code": None}
+    return state
+
+
+def _locked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _info(directory: Path, record: Mapping[str, Any], state: Mapping[str, Any]) -> ContainerInfo:
+    try:
+        return ContainerInfo(
+            name=record["name"],
+            image=record["image"],
+            image_digest=record["image_digest"],
+            command=tuple(record["command"]),
+            env=tuple(record["env"]),
+            workdir=record["workdir"],
+            user=record["user"],
+            network=record["network"],
+            mounts=tuple(
+                BindMount(Path(m["source"]), m["target"], bool(m["readonly"]))
+                for m in record["mounts"]
+            ),
+            tty=bool(record["tty"]),
+            status=state.get("status", "created"),
+            exit_code=state.get("exit_code"),
+            created=record["created"],
+            started=state.get("started"),
+            finished=state.get("finished"),
+            upper_dir=directory / "upper",
+        )
+    except (KeyError, TypeError) as e:
+        raise ContainerError(f"container.json is damaged: {e}", directory.name) from None
+
+
+def _write(path: Path, value: Mapping[str, Any]) -> None:
+    """``value`` as JSON at ``path``, replaced whole (a temp file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _generated_name(image: str) -> str:
+    """``REPO-XXXXXX``: the image's repository's last part and six random hex digits."""
+    base = image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+    base = re.sub(r"[^A-Za-z0-9_.-]", "", base).lstrip("._-") or "container"
+    return f"{base[:40]}-{os.urandom(3).hex()}"
