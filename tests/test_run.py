@@ -5,6 +5,7 @@ is the layer `Layer.from_diff` writes for the same change, as root and as uid 65
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -535,3 +536,46 @@ def test_a_store_of_an_image_without_layers_runs_nothing(store: Store) -> None:
     store.save(Image.scratch(created=EPOCH).with_config(cmd=["true"]), "empty:1")
     err = lc(store, "run", "--rm", "empty:1", check=127).stderr
     assert b"executable file not found" in err
+
+
+def test_a_killed_run_leaves_a_container_that_starts_again(store: Store) -> None:
+    """kill -9 of `layercore run`: the sandbox dies with it (nothing keeps running, no mount
+    is left), `ps` shows the container ended with no known code, and it starts again on what
+    it had written."""
+    script = "[ -e /f ] && { cat /f; exit 0; }; echo x > /f; echo ready; sleep 61"
+    proc = _started(store, "--name", "k", "app:1", script)
+    proc.kill()
+    proc.wait()
+
+    def sleepers() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0061\x00":
+                    found.append(int(pid))
+        return found
+
+    deadline = time.monotonic() + 10
+    while sleepers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sleepers() == []
+    assert str(store.containers_dir()) not in Path("/proc/mounts").read_text()
+    info = store.container("k")
+    assert (info.status, info.exit_code) == ("exited", None)
+    assert "Exited (?)" in lc(store, "ps").stdout.decode()
+    assert lc(store, "start", "k").stdout == b"x\n"
+    assert store.container("k").exit_code == 0
+
+
+def test_containers_half_made_or_half_removed_are_cleaned_at_the_next_open(
+    store: Store,
+) -> None:
+    root = store.containers_dir()
+    store.run("app:1", ["true"], name="whole")
+    for leftover in (".made.1.ab.tmp", ".gone.1.cd.rm"):
+        (root / leftover / "upper").mkdir(parents=True)
+    (root / "whole" / ".state.json.1.tmp").write_text("{")
+    Store(store.root)
+    assert sorted(os.listdir(root)) == ["whole"]
+    assert not (root / "whole" / ".state.json.1.tmp").exists()
+    assert store.start("whole").exit_code == 0

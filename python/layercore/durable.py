@@ -8,13 +8,9 @@ sandbox may leave unwritable (an overlay's work dir).
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
-import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 __all__ = ["fsync_dir", "fsync_path", "remove_tree", "write_atomic"]
 
@@ -40,6 +36,8 @@ def fsync_path(path: Path) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """``data`` at ``path`` (mode 0644): a temp file beside it, fsync'd, renamed over it, the
     directory fsync'd; a reader sees the old file or the whole new one, never a part."""
+    import tempfile  # here: a command that writes nothing this way never pays for it
+
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -55,22 +53,44 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Removes a scratch tree, making read-only directories in it writable first (a build
-    step may leave some)."""
+    """Removes a scratch tree (gone already is fine), making unreadable or read-only
+    directories in it writable first (an overlay's work dir is mode 000; a build step may leave
+    others). Every step is relative to an open directory and no symlink is followed, so a tree
+    a sandboxed command wrote cannot lead it outside; written here rather than with
+    ``shutil.rmtree`` because importing shutil costs a ``layercore run --rm`` a few ms."""
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _remove_entry(parent, path.name)
+    finally:
+        os.close(parent)
 
-    def retry(func: Callable[..., Any], target: str, _exc: object) -> None:
-        try:
-            if func in (os.open, os.scandir):
-                # A directory that may not be read (an overlay's work dir is mode 000).
-                os.chmod(target, 0o700)
-                remove_tree(Path(target))
-                return
-            os.chmod(os.path.dirname(target), 0o700)
-            func(target)
-        except FileNotFoundError:
-            pass
 
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)
+def _remove_entry(parent: int, name: str) -> None:
+    """Removes ``name`` in the open directory ``parent``, with everything below it."""
+    try:
+        os.unlink(name, dir_fd=parent)
+        return
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        pass
+    except PermissionError as e:
+        if e.errno == errno.EACCES:  # ``parent`` may not be written: make it writable, again
+            os.chmod(parent, 0o700)
+            _remove_entry(parent, name)
+            return
+        # EPERM: Linux's answer for a directory
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=parent)
+    except PermissionError:  # a directory that may not be read
+        os.chmod(name, 0o700, dir_fd=parent, follow_symlinks=False)
+        fd = os.open(name, flags, dir_fd=parent)
+    try:
+        with os.scandir(fd) as entries:
+            names = [entry.name for entry in entries]
+        for child in names:
+            _remove_entry(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent)

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import stat
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -1056,10 +1055,10 @@ class Store:
     def _remove_leftovers(self) -> int:
         """Removes what writes cut short by a crash left behind: everything in ``tmp/`` (a
         build's read-only stage view unmounted first), the temp files of stamps and of the
-        build's stat cache, and index-cache temp files an hour old (readers write those without
-        the gc lock, so a younger one may be in use). Only with the gc lock held exclusive:
-        every writer holds it shared, so what is left in those places belongs to a process that
-        died. Returns the bytes freed."""
+        build's stat cache, containers half made or half removed, and index-cache temp files an
+        hour old (readers write those without the gc lock, so a younger one may be in use). Only
+        with the gc lock held exclusive: every writer holds it shared, so what is left in those
+        places belongs to a process that died. Returns the bytes freed."""
         freed = 0
         for name, size in _files(self._tmp):
             (self._tmp / name).unlink(missing_ok=True)
@@ -1073,6 +1072,14 @@ class Store:
             if name.endswith(".tmp"):
                 (self._stamps / name).unlink(missing_ok=True)
                 freed += size
+        # A container being made (``.NAME....tmp``) or removed (``.NAME....rm``), and the temp
+        # files of containers' records.
+        containers = self.containers_dir()
+        for leftover in [*containers.glob(".*.tmp"), *containers.glob(".*.rm")]:
+            freed += _tree_size(leftover)
+            remove_tree(leftover)
+        for leftover in containers.glob("*/.*.tmp"):
+            leftover.unlink(missing_ok=True)
         buildcache = self._private / "buildcache"
         for name, size in _files(buildcache):
             if name.startswith(".tmp"):
@@ -1777,6 +1784,8 @@ def _unmount_below(path: Path) -> None:
     decoded = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p) for p in points]
     for point in sorted((p for p in decoded if p.startswith(prefix)), key=len, reverse=True):
         with suppress(OSError):
+            import subprocess  # only a crashed build leaves mounts
+
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 

@@ -32,12 +32,12 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any, NoReturn
 
 from layercore.cli.parser import Commands, Formatter, epilog
 from layercore.cli.session import Handler, Session, UsageError, print_error
 from layercore.errors import LayerError
-from layercore.version import build_info
 
 __all__ = ["build_parser", "diff_images", "main"]
 
@@ -102,6 +102,8 @@ class _VersionAction(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
+        from layercore.version import build_info
+
         print(build_info().describe())
         parser.exit()
 
@@ -180,9 +182,28 @@ def _command_of(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
     Only the named command's parser is built; a name that is no command gets the whole
-    parser, whose error lists them all."""
+    parser, whose error lists them all. Run as the program (no ``argv``), ``run`` and
+    ``start`` end the process themselves, with the container's exit status."""
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_of(argv)
+    status = _run(argv, command)
+    if as_program and command in _ENDS_AT_ONCE:
+        # The container has ended and its state is written: skip the interpreter's teardown
+        # (freeing every module, about 10 ms here), which is a fair part of `run`'s start-up
+        # budget. Nothing else is pending: no threads, no temp files, no atexit work.
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(OSError):  # the reader went away
+                stream.flush()
+        os._exit(status)
+    return status
+
+
+#: Commands whose process ends with ``os._exit`` once they are done (see :func:`main`).
+_ENDS_AT_ONCE = ("run", "start")
+
+
+def _run(argv: list[str], command: str | None) -> int:
     parser = build_parser(command)
     if command is not None and command not in _choices(parser):
         parser = build_parser()

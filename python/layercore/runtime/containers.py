@@ -476,28 +476,32 @@ def _supervise(
     if tty:
         master, slave = os.openpty()
         _copy_window_size(stdin, master)
+    # Handlers first: a signal this process catches is reset to its default in the child at
+    # exec (one it ignores would stay ignored: a shell starts background jobs so).
+    forwarding = _forwarding()
     try:
-        try:
-            proc = subprocess.Popen(
-                command,
-                stdin=slave if tty else (stdin if interactive else subprocess.DEVNULL),
-                stdout=slave if tty else stdout,
-                stderr=slave if tty else stderr,
-                start_new_session=True,
-                preexec_fn=_child_setup(tty),
-                env=env,
-            )
-        except FileNotFoundError as e:
-            raise ContainerError(
-                f"running a container needs {e.filename} on PATH (Debian: bubblewrap, util-linux)"
-            ) from None
-        finally:
-            if slave >= 0:
-                os.close(slave)
-        with _forwarding(proc):
+        with forwarding:
+            try:
+                forwarding.proc = subprocess.Popen(
+                    command,
+                    stdin=slave if tty else (stdin if interactive else subprocess.DEVNULL),
+                    stdout=slave if tty else stdout,
+                    stderr=slave if tty else stderr,
+                    start_new_session=True,
+                    preexec_fn=_child_setup(tty, forwarding.installed),
+                    env=env,
+                )
+            except FileNotFoundError as e:
+                raise ContainerError(
+                    f"running a container needs {e.filename} on PATH "
+                    "(Debian: bubblewrap, util-linux)"
+                ) from None
+            finally:
+                if slave >= 0:
+                    os.close(slave)
             if tty:
-                _relay(proc, master, interactive=interactive, stdin=stdin, stdout=stdout)
-            code = proc.wait()
+                _relay(master, interactive=interactive, stdin=stdin, stdout=stdout)
+            code = forwarding.proc.wait()
     finally:
         if master >= 0:
             os.close(master)
@@ -516,15 +520,18 @@ def _supervise(
     return 128 - code if code < 0 else code
 
 
-def _child_setup(tty: bool) -> Any:
-    """What the child does before it runs the sandbox: the forwarded signals back to their
-    defaults (this process may have been started with SIGINT ignored, as a shell starts a
-    background job, and ignored signals stay ignored across exec), and with ``tty`` the
-    pseudo-terminal on fd 0 taken as its controlling terminal (after ``setsid``)."""
+def _child_setup(tty: bool, forwarded: bool) -> Any:
+    """What the child must do before it runs the sandbox, if anything (Python code there
+    costs a full fork): with ``tty``, take the pseudo-terminal on fd 0 as its controlling
+    terminal (after ``setsid``); when the signals could not be caught here (not the main
+    thread), set them back to their defaults."""
+    if not tty and forwarded:
+        return None
 
     def setup() -> None:
-        for sig in _FORWARDED:
-            signal.signal(sig, signal.SIG_DFL)
+        if not forwarded:
+            for sig in _FORWARDED:
+                signal.signal(sig, signal.SIG_DFL)
         if tty:
             import termios
 
@@ -550,12 +557,14 @@ class _forwarding:
     """Passes this process's signals to the command while it runs (only where signal
     handlers may be set: the main thread): to every process of its session's group but the
     sandbox's own (bwrap's monitor and init, or ``unshare``), as a terminal's Ctrl-C reaches
-    a shell's foreground job; a third Ctrl-C kills the whole group."""
+    a shell's foreground job; a third Ctrl-C kills the whole group. ``proc`` is set once the
+    sandbox is started; a signal before that only counts."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
         self.interrupts = 0
         self.saved: dict[int, Any] = {}
+        self.installed = False
 
     def __enter__(self) -> _forwarding:
         import threading
@@ -563,12 +572,13 @@ class _forwarding:
         if threading.current_thread() is threading.main_thread():
             for sig in _FORWARDED:
                 self.saved[sig] = signal.signal(sig, self._handle)
+            self.installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
-        if exc[0] is not None and self.proc.poll() is None:
+        if exc[0] is not None and self.proc is not None and self.proc.poll() is None:
             with suppress(OSError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
@@ -576,10 +586,12 @@ class _forwarding:
     def _handle(self, sig: int, _frame: object) -> None:
         if sig == signal.SIGINT:
             self.interrupts += 1
-            if self.interrupts >= _KILL_AFTER_INTERRUPTS:
-                with suppress(OSError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                return
+        if self.proc is None:
+            return
+        if sig == signal.SIGINT and self.interrupts >= _KILL_AFTER_INTERRUPTS:
+            with suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            return
         for pid in _command_processes(self.proc.pid):
             with suppress(OSError):
                 os.kill(pid, sig)
@@ -610,7 +622,6 @@ def _command_processes(leader: int) -> list[int]:
 
 
 def _relay(
-    proc: subprocess.Popen[bytes],
     master: int,
     *,
     interactive: bool,
@@ -689,7 +700,7 @@ def containers(store: Store) -> list[ContainerInfo]:
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
             if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
                 continue
-            with suppress(ContainerNotFoundError):
+            with suppress(ContainerNotFoundError):  # removed meanwhile
                 out.append(inspect(store, entry.name))
     return sorted(out, key=lambda c: c.created)
 
@@ -785,11 +796,14 @@ def remove(store: Store, name: str, *, force: bool = False) -> None:
                 with suppress(OSError):
                     os.kill(pid, signal.SIGTERM)
             fcntl.flock(lock, fcntl.LOCK_EX)
-        gone = directory.with_name(f".{name}.{os.getpid()}.{os.urandom(4).hex()}.rm")
-        directory.rename(gone)
+        # Renamed away first: the name is free at once, and a crash leaves a ``.rm`` dir
+        # that the store's next open (or gc) removes.
+        with store.writing():
+            gone = directory.with_name(f".{name}.{os.getpid()}.{os.urandom(4).hex()}.rm")
+            directory.rename(gone)
+            remove_tree(gone)
     finally:
         os.close(lock)
-    remove_tree(gone)
 
 
 # -- helpers -------------------------------------------------------------------------------------
