@@ -852,6 +852,12 @@ def store_targets(res: Results, add: Any) -> None:
         )
 
 
+def _overhead_text(ms: float | None, imports: float | None) -> str:
+    if ms is None:
+        return ""
+    return f"{ms:.1f} ms" + (f" ({imports:.0f} ms of it imports)" if imports is not None else "")
+
+
 def run_targets(res: Results, add: Any) -> None:
     """The targets of ``layercore run`` (groups of benches/test_run.py): start-up over its floor
     (``import layercore`` + ``bwrap /bin/true``), the same for a 10 MB and a 1 GB image, the
@@ -869,7 +875,7 @@ def run_targets(res: Results, add: Any) -> None:
             "≤ 30 ms",
             ms,
             ms is not None and ms <= 30,
-            f"{ms:.1f} ms" if ms is not None else "",
+            _overhead_text(ms, b.info.get("imports_ms") if b is not None else None),
         )
     d = None
     noise = 0.0

@@ -15,7 +15,9 @@ of five 50 MB files each (smoke mode: a few hundred kB in all).
   it pays one more spawn from the benchmark's process, ~1 ms, which only lowers the overhead
   figure).
   They alternate, A B B A ...; ``extra_info["overhead_ms"]`` is the median of the pairs'
-  differences (layercore minus floor), ``overhead_iqr_ms`` their interquartile range.
+  differences (layercore minus floor), ``overhead_iqr_ms`` their interquartile range, and
+  ``imports_ms`` what importing the run's modules (``RUN_MODULES``) costs a process over
+  ``import layercore``, measured the same way (the rest is the sandbox and the run's work).
 - ``run/disk-20``: twenty ``layercore run --name cN IMAGE true`` of ``1gb`` (kept, not
   ``--rm``), timed once as the body; ``extra_info["disk_added"]`` (also ``bytes_out``) is the
   store's disk use after minus before (``st_blocks * 512`` over the whole store directory,
@@ -64,6 +66,9 @@ BWRAP = [
     "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent",
     "--", "/bin/true",
 ]  # fmt: skip
+#: What `layercore run` imports beyond `import layercore` (the command line, the store and the
+#: image model, the runtime): ``extra_info["imports_ms"]`` is their cost as a process.
+RUN_MODULES = ("layercore.cli.container", "layercore.store", "layercore.runtime.containers")
 TAR_X = 'mkdir "$0" && for b; do tar -xzf "$b" -C "$0" || exit 1; done'
 
 
@@ -155,11 +160,21 @@ def test_startup(benchmark: Any, prepared: Prepared, image: str) -> None:
     p = benchmark.extra_info["paired"]
     diffs = [s - b for s, b in zip(p["subject_times"], p["baseline_times"], strict=True)]
     q = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else [diffs[0]] * 3
+    # What bounds the overhead: the modules a run imports, as a process of their own against
+    # the floor's interpreter, alternating (A B B A ...).
+    run_imports = [sys.executable, "-c", f"import {', '.join(RUN_MODULES)}"]
+    costs: list[float] = []
+    for i in range(STARTUP_PAIRS):
+        pair = [(run_imports, 1), (importing, -1)]
+        for cmd, sign in pair if i % 2 == 0 else reversed(pair):
+            costs.append(sign * run(cmd, prepared.env))
+    imports = [costs[k] + costs[k + 1] for k in range(0, len(costs), 2)]
     benchmark.extra_info.update(
         image=image,
         image_bytes=prepared.content[image],
         overhead_ms=1000 * statistics.median(diffs),
         overhead_iqr_ms=1000 * (q[2] - q[0]),
+        imports_ms=1000 * statistics.median(imports),
     )
 
 

@@ -143,6 +143,7 @@ def test_environment_working_directory_and_user(store: Store) -> None:
     assert lc(store, "run", "--rm", "-u", "1000:staff", "app:1", "id -u; id -g").stdout == (
         b"1000\n50\n"
     )
+    assert lc(store, "run", "--rm", "-u", "0:staff", "app:1", "id -u; id -g").stdout == b"0\n50\n"
     # A uid /etc/passwd lacks runs with group 0, as Docker's does.
     assert lc(store, "run", "--rm", "-u", "4242", "app:1", "id -u; id -g").stdout == b"4242\n0\n"
     err = lc(store, "run", "--rm", "-u", "nobody-here", "app:1", "true", check=125).stderr

@@ -12,7 +12,7 @@ It may import argparse and ``cli.session`` (for the handler's type), nothing els
 from __future__ import annotations
 
 import argparse
-import textwrap
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,7 +83,7 @@ class Commands:
         sub = self._subparsers.add_parser(
             name,
             help=summary,
-            description=textwrap.dedent(description).strip(),
+            description=inspect.cleandoc(description),
             epilog=epilog(*examples),
             formatter_class=Formatter,
             parents=[self._common, self._as_json] if json else [self._common],

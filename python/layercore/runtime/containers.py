@@ -438,7 +438,7 @@ def _sandbox_command(
     argv = record["command"]
     workdir = record["workdir"]
     process_env: dict[str, str] | None = None
-    if uid != 0 and not userns:
+    if (uid, gid) != (0, 0) and not userns:
         command = chroot_command(
             merged, workdir, uid, gid, network, files, mounts, argv, prepare=False
         )
