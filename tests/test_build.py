@@ -31,7 +31,8 @@ def require_sandbox() -> None:
 
 def busybox_store(base: Path) -> Store:
     """A store at ``base/store`` holding `busybox:test`: busybox-static, its applets,
-    /etc/passwd with an app user, a world-writable /tmp."""
+    /etc/passwd with an app user, a world-writable /tmp. The image is the same in every
+    store, whenever it is made: its mtimes, ``created`` and history are EPOCH's."""
     require_sandbox()
     s = Store(base / "store")
     root = base / "busybox-rootfs"
@@ -47,7 +48,11 @@ def busybox_store(base: Path) -> Store:
     )
     (root / "etc" / "group").write_text("root:x:0:\napp:x:1000:\nstaff:x:50:\n")
     layer = s.build_layer(root, source_date_epoch=EPOCH)
-    base_image = Image.scratch(created=EPOCH).append(layer).with_config(env={"PATH": "/bin"})
+    base_image = (
+        Image.scratch(created=EPOCH)
+        .append(layer, created=EPOCH)
+        .with_config(env={"PATH": "/bin"}, created=EPOCH)
+    )
     s.save(base_image, "busybox:test")
     return s
 
@@ -55,6 +60,16 @@ def busybox_store(base: Path) -> Store:
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return busybox_store(tmp_path)
+
+
+def test_the_base_image_carries_no_time_of_day(tmp_path: Path) -> None:
+    """Every timestamp of `busybox:test` is EPOCH's, so two stores made in different seconds
+    hold the same base, and builds on them can be compared digest to digest."""
+    image = busybox_store(tmp_path).load("busybox:test")
+    stamp = "2023-11-14T22:13:20Z"
+    assert image.created == stamp
+    assert [h.created for h in image.history] == [stamp, stamp]
+    assert {e.mtime for e in image.layers[0].entries()} == {EPOCH}
 
 
 def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:

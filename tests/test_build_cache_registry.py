@@ -55,7 +55,7 @@ def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def stores(tmp_path: Path) -> tuple[Store, Store]:
     """Store A with the base image, and store B holding the very same base and nothing else
-    (busybox_store's base is made anew each second)."""
+    (a copy of A: the base's blobs, stamps and indexes as A has them)."""
     a = busybox_store(tmp_path / "a")
     return a, Store(shutil.copytree(a.root, tmp_path / "b" / "store", symlinks=True))
 
