@@ -399,6 +399,19 @@ def test_a_running_container_cannot_start_commit_or_be_removed_without_force(
     assert store.containers() == []
 
 
+def test_rm_force_kills_a_command_that_ignores_sigterm(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layercore.runtime import containers
+
+    monkeypatch.setattr(containers, "STOP_TIMEOUT", 0.5)
+    proc = _started(store, "--name", "stubborn", "app:1", "trap '' TERM; echo ready; sleep 60")
+    store.remove_container("stubborn", force=True)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL  # layercore, and bwrap's sandbox with it
+    assert store.containers() == []
+
+
 def test_rm_prefers_a_container_and_rmi_removes_tags(store: Store) -> None:
     store.tag("app:1", "web")
     store.run("app:1", ["true"], name="web")

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from layercore.cli.output import human_size, plain_table, short_digest
+from layercore.cli.output import human_size, plain_table, short_digest, show_path
 from layercore.cli.parser import Commands
 from layercore.cli.session import Session, print_error
 from layercore.errors import ContainerNotFoundError, LayerError
@@ -251,7 +251,7 @@ def show_changes(session: Session, name: str) -> int:
     if session.json:
         session.emit_json([{"change": c.kind, "path": c.path} for c in changes])
     else:
-        sys.stdout.write("".join(f"{c}\n" for c in changes))
+        sys.stdout.write("".join(f"{c.kind} {show_path(c.path)}\n" for c in changes))
     return 0
 
 

@@ -25,6 +25,7 @@ from layercore.cli.output import (
     image_size,
     plural,
     short_digest,
+    show_path,
 )
 from layercore.cli.parser import Commands
 from layercore.cli.session import Session
@@ -57,8 +58,6 @@ _KIND_BITS = {
     "block": stat.S_IFBLK,
     "fifo": stat.S_IFIFO,
 }
-
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 
 def register(commands: Commands) -> None:
@@ -164,12 +163,6 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--content", action="store_true", help="also compare the bytes of equal-metadata files"
     )
-
-
-def _show(name: str) -> str:
-    """A path as a terminal can show it: undecodable bytes and control characters escaped."""
-    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return text.translate(_CONTROL)
 
 
 def _abs(path: str) -> str:
@@ -363,11 +356,11 @@ def _ls_row(entry: Entry, name: str) -> tuple[str, str, str, str, str]:
         size = f"{entry.devmajor},{entry.devminor}"
     else:
         size = human_size(entry.size)
-    shown = _show(name)
+    shown = show_path(name)
     if entry.kind == "symlink":
-        shown += f" -> {_show(entry.linkname or '')}"
+        shown += f" -> {show_path(entry.linkname or '')}"
     elif entry.kind == "hardlink":
-        shown += f" link to {_abs(_show(entry.linkname or ''))}"
+        shown += f" link to {_abs(show_path(entry.linkname or ''))}"
     return _mode_string(entry), f"{entry.uid}/{entry.gid}", size, _time(entry.mtime), shown
 
 
@@ -390,7 +383,7 @@ def _cmd_ls(args: argparse.Namespace, session: Session) -> int:
         session.emit_json([_entry_json(e) for e, _name in entries])
         return 0
     if not args.long:
-        sys.stdout.write("".join(_show(name) + "\n" for _e, name in entries))
+        sys.stdout.write("".join(show_path(name) + "\n" for _e, name in entries))
         return 0
     table = borderless_table("MODE", "OWNER", "SIZE", "MODIFIED", "NAME", right=("SIZE",))
     table.show_header = False
@@ -456,7 +449,7 @@ def _cmd_which(args: argparse.Namespace, session: Session) -> int:
         )
         return 0
     session.print(
-        f"{_show(_abs(path))}: layer {entry.layer} {short_digest(provider.digest)} "
+        f"{show_path(_abs(path))}: layer {entry.layer} {short_digest(provider.digest)} "
         f"({created_by(entry.layer) or 'no history'})"
     )
     mode, owner, size, mtime, shown = _ls_row(entry, "")
@@ -524,5 +517,5 @@ def _cmd_diff(args: argparse.Namespace, session: Session) -> int:
     if session.json:
         session.emit_json(changes)
     else:
-        sys.stdout.write("".join(f"{c['change']} {_show(c['path'])}\n" for c in changes))
+        sys.stdout.write("".join(f"{c['change']} {show_path(c['path'])}\n" for c in changes))
     return 0

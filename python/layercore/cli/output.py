@@ -26,12 +26,22 @@ __all__ = [
     "layer_json",
     "plural",
     "short_digest",
+    "show_path",
 ]
 
 
 def human_size(size: int | None) -> str:
     """A byte count for people (binary units, one decimal); ``-`` for none."""
     return "-" if size is None else units.human_size(size)
+
+
+def show_path(name: str) -> str:
+    """A path as a terminal can show it: undecodable bytes and control characters escaped."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.translate(_CONTROL)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 
 def short_digest(digest: str | None) -> str:

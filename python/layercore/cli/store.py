@@ -36,13 +36,14 @@ def register(commands: Commands) -> None:
         "remove containers or tags",
         """
         Removes each NAME: the container of that name if there is one (with its writable
-        layer; --force kills a running one first), else the tag. `layercore rmi` removes
+        layer; --force stops a running one first: SIGTERM, then SIGKILL after 10 seconds),
+        else the tag. `layercore rmi` removes
         tags only. A tag's blobs stay until `layercore gc`.
         """,
         ["layercore rm app:1 app:2", "layercore rm web", "layercore rm app:1 && layercore gc"],
     )
     p.add_argument("tags", metavar="NAME", nargs="+")
-    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("-f", "--force", action="store_true", help="stop a running container first")
     p = commands.add(
         "rmi",
         _cmd_rmi,

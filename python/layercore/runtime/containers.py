@@ -371,12 +371,10 @@ def start(
     command; a third Ctrl-C kills it. Raises :class:`ContainerError` if it runs already."""
     directory = _directory(store, name)
     record = _read(directory / "container.json", name)
-    lock = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    lock = _open_lock(directory)
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ContainerError(f"container {name!r} is running", name) from None
+        if not _take(lock):
+            raise ContainerError(f"container {name!r} is running", name)
         command, process_env = _sandbox_command(directory, record)
         before = _read(directory / "state.json", name)
         state: dict[str, Any] = {"status": "running", "started": _now(), "pid": os.getpid()}
@@ -763,15 +761,21 @@ def commit(
     Saved in the store (under ``tag`` if given). The container must not be running."""
     directory = _directory(store, name)
     record = _read(directory / "container.json", name)
-    if _state(directory)["status"] == "running":
-        raise ContainerError(f"container {name!r} is running: commit it when it has ended", name)
-    image = store.load(record["image_digest"])
-    userns = record["xattrs"] == "user"
-    layer = store.overlay_layer(
-        directory / "upper",
-        lower=image.stack if userns else None,
-        owner="inherit" if userns else "numeric",
-    )
+    lock = _open_lock(directory)
+    try:  # held while the layer is written: the container cannot start meanwhile
+        if not _take(lock):
+            raise ContainerError(
+                f"container {name!r} is running: commit it when it has ended", name
+            )
+        image = store.load(record["image_digest"])
+        userns = record["xattrs"] == "user"
+        layer = store.overlay_layer(
+            directory / "upper",
+            lower=image.stack if userns else None,
+            owner="inherit" if userns else "numeric",
+        )
+    finally:
+        os.close(lock)
     committed = image.append(
         layer, created_by=" ".join(record["command"]), comment=message, author=author
     )
@@ -780,22 +784,18 @@ def commit(
 
 def remove(store: Store, name: str, *, force: bool = False) -> None:
     """Removes the container and its writable layer. A running one is an error unless
-    ``force``, which kills it first (as ``docker rm -f``)."""
+    ``force``, which stops it first: SIGTERM to the ``layercore`` process that runs it (which
+    passes it to the command and puts its terminal back), SIGKILL after
+    :data:`STOP_TIMEOUT` seconds (bwrap's sandbox dies with that process)."""
     directory = _directory(store, name)
-    lock = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    lock = _open_lock(directory)
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _take(lock):
             if not force:
                 raise ContainerError(
                     f"container {name!r} is running: stop it, or remove it with --force", name
-                ) from None
-            pid = _state(directory).get("pid")
-            if isinstance(pid, int):
-                with suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+                )
+            _stop(directory, lock)
         # Renamed away first: the name is free at once, and a crash leaves a ``.rm`` dir
         # that the store's next open (or gc) removes.
         with store.writing():
@@ -804,6 +804,42 @@ def remove(store: Store, name: str, *, force: bool = False) -> None:
             remove_tree(gone)
     finally:
         os.close(lock)
+
+
+#: How long ``remove(force=True)`` waits for a container to end after SIGTERM (``docker
+#: stop``'s default grace).
+STOP_TIMEOUT = 10.0
+
+
+def _stop(directory: Path, lock: int) -> None:
+    """Stops the container in ``directory`` that another process runs, and takes ``lock``."""
+    pid = _state(directory).get("pid")
+    deadline = time.monotonic() + STOP_TIMEOUT
+    sig = signal.SIGTERM
+    while True:
+        if isinstance(pid, int):
+            with suppress(OSError):
+                os.kill(pid, sig)
+        while time.monotonic() < deadline or sig == signal.SIGKILL:
+            if _take(lock):
+                return
+            time.sleep(0.05)
+        sig = signal.SIGKILL
+
+
+def _open_lock(directory: Path) -> int:
+    """The container's lock file, open: held (exclusive) by whatever runs, commits or removes
+    it."""
+    return os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def _take(lock: int) -> bool:
+    """Takes ``lock`` if no one holds it."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 # -- helpers -------------------------------------------------------------------------------------
