@@ -26,6 +26,7 @@ import layercore
 from conftest import nobody_python
 from layercore import Image, Layer, Store
 from layercore.errors import CommandNotFoundError, ContainerError, ContainerNotFoundError
+from registry_harness import Registry
 from test_build import EPOCH, busybox_store
 
 LAYERCORE = [sys.executable, "-m", "layercore"]
@@ -593,3 +594,21 @@ def test_containers_half_made_or_half_removed_are_cleaned_at_the_next_open(
     assert sorted(os.listdir(root)) == ["whole"]
     assert not (root / "whole" / ".state.json.1.tmp").exists()
     assert store.start("whole").exit_code == 0
+
+
+def test_run_pulls_an_image_the_store_lacks(
+    store: Store, registry: Registry, tmp_path: Path
+) -> None:
+    """As `docker run`: a reference the store lacks is pulled from its registry first
+    (`--pull missing`, the default); `--pull never` refuses; `--pull always` pulls anyway."""
+    ref = f"{registry.host}/team/app:1"
+    store.push("app:1", ref)
+    fresh = Store(tmp_path / "fresh")
+    assert b"no image" in lc(fresh, "run", "--rm", "--pull", "never", ref, check=125).stderr
+    done = lc(fresh, "run", "--rm", ref, "cat /etc/motd")
+    assert done.stdout == b"welcome\n"
+    assert b"Unable to find image" in done.stderr
+    assert fresh.load(ref).digest == store.load("app:1").digest
+    done = lc(fresh, "run", "--rm", ref, "true")
+    assert b"pulling" not in done.stderr  # there now: nothing is asked of the registry
+    assert b"pulling" in lc(fresh, "run", "--rm", "--pull", "always", ref, "true").stderr

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from layercore.cli.output import human_size, plain_table, short_digest, show_path
 from layercore.cli.parser import Commands
 from layercore.cli.session import Session, print_error
-from layercore.errors import ContainerNotFoundError, LayerError
+from layercore.errors import ContainerNotFoundError, ImageNotFoundError, LayerError
 
 if TYPE_CHECKING:
     from layercore.runtime.containers import ContainerInfo
@@ -48,8 +48,10 @@ def register(commands: Commands) -> None:
         gets a terminal with -t. Ctrl-C and other signals go to the command (a third Ctrl-C
         kills it).
 
-        The exit status is the command's (128+N when signal N ended it), 125 when the
-        container could not run and 127 when the command is not in the image.
+        An IMAGE the store lacks is pulled from its registry first (--pull never refuses,
+        --pull always pulls anyway). The exit status is the command's (128+N when signal N
+        ended it), 125 when the container could not run and 127 when the command is not in
+        the image.
         """,
         [
             "layercore run busybox:1 echo hello",
@@ -81,6 +83,12 @@ def register(commands: Commands) -> None:
         help="bind a host path into the container",
     )
     p.add_argument("--entrypoint", metavar="CMD", help="replace the image's Entrypoint")
+    p.add_argument(
+        "--pull",
+        choices=("missing", "always", "never"),
+        default="missing",
+        help="pull IMAGE from its registry when the store lacks it (default), always, or never",
+    )
     p.add_argument("-i", "--interactive", action="store_true", help="pass stdin to the command")
     p.add_argument("-t", "--tty", action="store_true", help="give the command a terminal")
     p.add_argument("image", metavar="IMAGE", help="a tag or a digest")
@@ -134,8 +142,9 @@ def _cmd_run(args: argparse.Namespace, session: Session) -> int:
     if cmd[:1] == ["--"]:
         cmd = cmd[1:]
     entrypoint = None if args.entrypoint is None else [args.entrypoint]
-    try:
-        result = session.store.run(
+
+    def run() -> int:
+        return session.store.run(
             args.image,
             cmd or None,
             name=args.name,
@@ -148,10 +157,42 @@ def _cmd_run(args: argparse.Namespace, session: Session) -> int:
             rm=args.rm,
             tty=args.tty,
             interactive=args.interactive,
-        )
+        ).exit_code
+
+    try:
+        if args.pull == "always":
+            _pull(session, args.image)
+        try:
+            return run()
+        except ImageNotFoundError:
+            if args.pull != "missing" or not _pullable(args.image):
+                raise
+            print(f"Unable to find image {args.image!r} locally", file=sys.stderr)
+            _pull(session, args.image)
+            return run()
     except (LayerError, ValueError, OSError) as exc:
         return _cannot_run(exc)
-    return result.exit_code
+
+
+def _pullable(ref: str) -> bool:
+    """Whether ``ref`` names an image in a registry (not a digest or digest prefix of the
+    store's)."""
+    from layercore.imageref import Reference
+
+    if ref.startswith("sha256:") or (len(ref) >= 12 and all(c in "0123456789abcdef" for c in ref)):
+        return False
+    try:
+        Reference.parse(ref)
+    except ValueError:
+        return False
+    return True
+
+
+def _pull(session: Session, ref: str) -> None:
+    """Pulls ``ref`` into the store under the name as written (``docker run``'s pull)."""
+    print(f"pulling {ref}", file=sys.stderr)
+    image = session.store.pull(ref)
+    print(f"{ref} {image.digest}", file=sys.stderr)
 
 
 def _cmd_start(args: argparse.Namespace, session: Session) -> int:
