@@ -259,7 +259,7 @@ def test_signals_reach_the_command(store: Store) -> None:
 
 
 def test_errors_exit_125_and_a_missing_command_127(store: Store) -> None:
-    err = lc(store, "run", "nope:1", check=125).stderr
+    err = lc(store, "run", "--pull", "never", "nope:1", check=125).stderr
     assert b"no image 'nope:1'" in err
     err = lc(store, "run", "--rm", "--entrypoint", "no-such-tool", "app:1", check=127).stderr
     assert b"no-such-tool" in err and b"not found in $PATH" in err
