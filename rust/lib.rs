@@ -19,6 +19,7 @@ pub mod layer;
 pub mod overlay;
 pub mod pagebuf;
 pub mod parallel;
+pub mod sandbox;
 pub mod tar;
 pub mod walk;
 pub mod writer;

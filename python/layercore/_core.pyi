@@ -31,6 +31,7 @@ __all__ = [
     "overlay_upper_to_layer",
     "rustc_version",
     "sha256_file",
+    "spawn_in_overlay",
     "squash_layers",
     "target",
     "verify_layer",
@@ -63,6 +64,19 @@ def verify_layer(
 def open_entries(path: str) -> EntryIterator: ...
 def sha256_file(path: str | PathLike[str]) -> str: ...
 def chain_id(diff_ids: list[str]) -> str: ...
+
+# --- starting a container's command in its overlay (rust/py/sandbox.rs) ---
+
+def spawn_in_overlay(
+    argv: list[str],
+    directory: str | PathLike[str],
+    options: str,
+    *,
+    userns: bool,
+    stdio: tuple[int, int, int],
+    terminal: bool = False,
+    env: list[tuple[str, str]] | None = None,
+) -> int: ...
 
 # --- build source checksums (rust/py/checksum.rs) ---
 

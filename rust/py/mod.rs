@@ -8,6 +8,7 @@ mod diff;
 mod error;
 mod flatten;
 mod http;
+mod sandbox;
 mod stack;
 
 use std::ffi::OsStr;
@@ -418,5 +419,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     blob_copy::register(m)?;
     checksum::register(m)?;
     http::register(m)?;
+    sandbox::register(m)?;
     Ok(())
 }

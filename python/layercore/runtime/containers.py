@@ -41,7 +41,6 @@ import re
 import select
 import signal
 import stat
-import subprocess
 import sys
 import time
 import warnings
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from layercore import _core
 from layercore.durable import remove_tree
 from layercore.errors import (
     CommandNotFoundError,
@@ -61,12 +61,10 @@ from layercore.errors import (
 from layercore.runtime.sandbox import (
     DEFAULT_PATH,
     HOST_FILES,
-    MOUNT_FAILED_CODE,
     MergedLower,
     Mount,
     bwrap_command,
     chroot_command,
-    in_overlay,
     link_lowers,
     make_skeleton,
 )
@@ -103,8 +101,6 @@ _FORWARDED = (
     signal.SIGUSR1,
     signal.SIGUSR2,
 )
-#: Where the sandbox's wrapper says whether the overlay was mounted (see ``in_overlay``).
-_STATUS = "mount.status"
 #: The Ctrl-C that kills the container outright when it ignored the ones before.
 _KILL_AFTER_INTERRUPTS = 3
 
@@ -375,15 +371,13 @@ def start(
     try:
         if not _take(lock):
             raise ContainerError(f"container {name!r} is running", name)
-        command, process_env = _sandbox_command(directory, record)
+        sandbox = _sandbox(directory, record)
         before = _read(directory / "state.json", name)
         state: dict[str, Any] = {"status": "running", "started": _now(), "pid": os.getpid()}
         _write(directory / "state.json", state)
         try:
             code = _supervise(
-                command,
-                process_env,
-                directory / _STATUS,
+                sandbox,
                 tty=bool(record.get("tty")),
                 interactive=interactive,
                 stdout=stdout,
@@ -407,11 +401,28 @@ def _ended(state: Mapping[str, Any], code: int | None) -> dict[str, Any]:
     return {"status": "exited", "started": state["started"], "finished": _now(), "exit_code": code}
 
 
-def _sandbox_command(
-    directory: Path, record: Mapping[str, Any]
-) -> tuple[list[str], dict[str, str] | None]:
-    """The command line that mounts the container's overlay and runs its command in it, and
-    the environment that command line needs (None: this process's)."""
+class _Sandbox:
+    """How a container's command starts: ``argv`` (bwrap, or ``unshare`` for a root caller
+    running another user) with the environment ``env`` (None: this process's), in a private
+    mount namespace (and user namespace with ``userns``) where the overlay ``options`` is
+    mounted on ``directory/merged``."""
+
+    __slots__ = ("argv", "directory", "env", "options", "userns")
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str] | None,
+        directory: Path,
+        options: str,
+        userns: bool,
+    ) -> None:
+        self.argv, self.env, self.directory = argv, env, directory
+        self.options, self.userns = options, userns
+
+
+def _sandbox(directory: Path, record: Mapping[str, Any]) -> _Sandbox:
+    """How the container in ``directory`` starts (see :class:`_Sandbox`)."""
     userns = record["xattrs"] == "user"
     if userns != (os.geteuid() != 0):
         raise ContainerError(
@@ -451,14 +462,11 @@ def _sandbox_command(
         + ":".join(["skel", *(f"l/{i}" for i in reversed(range(len(lower.layers))))])
         + ",upperdir=upper,workdir=work"
     )
-    command = in_overlay(command, directory, options, userns=userns, status_file=_STATUS)
-    return command, process_env
+    return _Sandbox(command, process_env, directory, options, userns)
 
 
 def _supervise(
-    command: list[str],
-    env: dict[str, str] | None,
-    status: Path,
+    sandbox: _Sandbox,
     *,
     tty: bool,
     interactive: bool,
@@ -466,76 +474,79 @@ def _supervise(
     stderr: IO[Any] | int | None,
     stdin: IO[Any] | int | None,
 ) -> int:
-    """Runs ``command`` in a new session, passing it this process's signals, and returns its
-    exit code (128 + N for a signal); :class:`ContainerError` if the sandbox's wrapper says
-    (in the file ``status``) that the command never started."""
-    status.unlink(missing_ok=True)
-    master = slave = -1
+    """Starts ``sandbox`` (the Rust core forks, makes the namespaces, mounts the overlay and
+    execs the command: no ``unshare``, ``sh`` or ``mount`` process between), passes it this
+    process's signals, and returns its exit code (128 + N for a signal);
+    :class:`ContainerError` if it could not start."""
+    master = slave = devnull = -1
     if tty:
         master, slave = os.openpty()
         _copy_window_size(stdin, master)
+        fds = (slave, slave, slave)
+    else:
+        if interactive:
+            source = _fd(stdin, sys.stdin)
+        else:
+            source = devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        fds = (source, _fd(stdout, sys.stdout), _fd(stderr, sys.stderr))
     # Handlers first: a signal this process catches is reset to its default in the child at
     # exec (one it ignores would stay ignored: a shell starts background jobs so).
     forwarding = _forwarding()
     try:
         with forwarding:
+            for stream in (stdout, stderr):
+                if stream is not None and not isinstance(stream, int):
+                    stream.flush()
             try:
-                forwarding.proc = subprocess.Popen(
-                    command,
-                    stdin=slave if tty else (stdin if interactive else subprocess.DEVNULL),
-                    stdout=slave if tty else stdout,
-                    stderr=slave if tty else stderr,
-                    start_new_session=True,
-                    preexec_fn=_child_setup(tty, forwarding.installed),
-                    env=env,
+                pid = _core.spawn_in_overlay(
+                    sandbox.argv,
+                    sandbox.directory,
+                    sandbox.options,
+                    userns=sandbox.userns,
+                    stdio=fds,
+                    terminal=tty,
+                    env=None if sandbox.env is None else list(sandbox.env.items()),
                 )
             except FileNotFoundError as e:
                 raise ContainerError(
-                    f"running a container needs {e.filename} on PATH "
+                    f"running a container needs {sandbox.argv[0]} on PATH "
                     "(Debian: bubblewrap, util-linux)"
-                ) from None
+                ) from e
+            except OSError as e:
+                raise ContainerError(f"the sandbox could not start: {e.strerror}") from None
             finally:
-                if slave >= 0:
-                    os.close(slave)
+                for fd in (slave, devnull):
+                    if fd >= 0:
+                        os.close(fd)
+            forwarding.child = _Child(pid)
             if tty:
                 _relay(master, interactive=interactive, stdin=stdin, stdout=stdout)
-            code = forwarding.proc.wait()
+            code = forwarding.child.wait()
     finally:
         if master >= 0:
             os.close(master)
-    try:
-        said = status.read_text(errors="replace")
-    except FileNotFoundError:
-        said = ""
-    if not said.endswith("+"):
-        if code == MOUNT_FAILED_CODE and said:
-            why = "overlayfs cannot be mounted here (as root, or in a user namespace with "
-            why += f"userxattr on Linux 5.11 or later): {said.strip()}"
-        else:
-            why = "the sandbox could not start: no private mount namespace"
-            why += "" if os.geteuid() == 0 else " (are user namespaces allowed?)"
-        raise ContainerError(why)
     return 128 - code if code < 0 else code
 
 
-def _child_setup(tty: bool, forwarded: bool) -> Any:
-    """What the child must do before it runs the sandbox, if anything (Python code there
-    costs a full fork): with ``tty``, take the pseudo-terminal on fd 0 as its controlling
-    terminal (after ``setsid``); when the signals could not be caught here (not the main
-    thread), set them back to their defaults."""
-    if not tty and forwarded:
-        return None
+class _Child:
+    """A started sandbox, by its pid (it leads its own session and process group)."""
 
-    def setup() -> None:
-        if not forwarded:
-            for sig in _FORWARDED:
-                signal.signal(sig, signal.SIG_DFL)
-        if tty:
-            import termios
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
 
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
-    return setup
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
 
 def _copy_window_size(source: IO[Any] | int | None, master: int) -> None:
@@ -555,11 +566,11 @@ class _forwarding:
     """Passes this process's signals to the command while it runs (only where signal
     handlers may be set: the main thread): to every process of its session's group but the
     sandbox's own (bwrap's monitor and init, or ``unshare``), as a terminal's Ctrl-C reaches
-    a shell's foreground job; a third Ctrl-C kills the whole group. ``proc`` is set once the
+    a shell's foreground job; a third Ctrl-C kills the whole group. ``child`` is set once the
     sandbox is started; a signal before that only counts."""
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: _Child | None = None
         self.interrupts = 0
         self.saved: dict[int, Any] = {}
         self.installed = False
@@ -576,21 +587,21 @@ class _forwarding:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
-        if exc[0] is not None and self.proc is not None and self.proc.poll() is None:
+        if exc[0] is not None and self.child is not None and self.child.poll() is None:
             with suppress(OSError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+                os.killpg(self.child.pid, signal.SIGKILL)
+            self.child.wait()
 
     def _handle(self, sig: int, _frame: object) -> None:
         if sig == signal.SIGINT:
             self.interrupts += 1
-        if self.proc is None:
+        if self.child is None:
             return
         if sig == signal.SIGINT and self.interrupts >= _KILL_AFTER_INTERRUPTS:
             with suppress(OSError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self.child.pid, signal.SIGKILL)
             return
-        for pid in _command_processes(self.proc.pid):
+        for pid in _command_processes(self.child.pid):
             with suppress(OSError):
                 os.kill(pid, sig)
 

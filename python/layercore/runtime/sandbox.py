@@ -150,27 +150,16 @@ def chroot_command(
     return [*outer, "--", "/bin/sh", "-c", script, "sh", str(rootfs), *inner, "--", *argv]
 
 
-def in_overlay(
-    command: list[str], ws: Path, options: str, *, userns: bool, status_file: str | None = None
-) -> list[str]:
+def in_overlay(command: list[str], ws: Path, options: str, *, userns: bool) -> list[str]:
     """``command`` run after an overlay is mounted on ``ws/merged`` with ``options`` (paths
     relative to ``ws``), in a private mount namespace (and, for a caller that is not root, a
     user namespace where the caller is root, with ``userxattr``): the mount is gone when the
-    command ends, however it ends.
-
-    A failed mount prints :data:`MOUNT_FAILED_MARK` and exits with :data:`MOUNT_FAILED_CODE`.
-    With ``status_file`` (a name in ``ws``), the command's own output is left alone: the
-    mount's error goes to that file, or ``+`` once the mount is made, just before the command
-    starts (a file the caller removed first and finds missing: the namespaces could not be
-    made)."""
-    if status_file is None:
-        failed = f'2>/dev/null || {{ echo "{MOUNT_FAILED_MARK}"; exit {MOUNT_FAILED_CODE}; }}'
-        run = 'exec "$@"'
-    else:
-        failed = f"2>{status_file} || exit {MOUNT_FAILED_CODE}"
-        run = f'printf + >>{status_file} && exec "$@"'
+    command ends, however it ends. A failed mount prints :data:`MOUNT_FAILED_MARK` and exits
+    with :data:`MOUNT_FAILED_CODE`. (A container starts the same way from the Rust core,
+    ``_core.spawn_in_overlay``, with no process between.)"""
     script = (
-        f'cd "$1" && {{ mount -t overlay overlay -o "$2" merged {failed}; }} && shift 2 && {run}'
+        'cd "$1" && { mount -t overlay overlay -o "$2" merged 2>/dev/null || '
+        f'{{ echo "{MOUNT_FAILED_MARK}"; exit {MOUNT_FAILED_CODE}; }}; }} && shift 2 && exec "$@"'
     )
     outer = ["unshare", "--mount", "--propagation", "private"]
     if userns:
