@@ -612,3 +612,19 @@ def test_run_pulls_an_image_the_store_lacks(
     done = lc(fresh, "run", "--rm", ref, "true")
     assert b"pulling" not in done.stderr  # there now: nothing is asked of the registry
     assert b"pulling" in lc(fresh, "run", "--rm", "--pull", "always", ref, "true").stderr
+
+
+def test_a_sandbox_that_cannot_start_says_which_step_failed(store: Store) -> None:
+    """An overlay that cannot be mounted (here its work dir gone) is layercore's error (125),
+    never the command's exit status; the container stays as it was."""
+    store.run("app:1", ["true"], name="broken")
+    work = store.containers_dir() / "broken" / "work"
+    work.rename(work.with_name("away"))
+    try:
+        with pytest.raises(ContainerError, match="mounting the overlay"):
+            store.start("broken")
+        assert b"mounting the overlay" in lc(store, "start", "broken", check=125).stderr
+        assert store.container("broken").exit_code == 0  # the state of the last real run
+    finally:
+        work.with_name("away").rename(work)
+    assert store.start("broken").exit_code == 0

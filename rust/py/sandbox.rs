@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 
 use crate::sandbox::{self, OverlayCommand, Step};
@@ -24,9 +23,9 @@ fn doing(step: Step) -> &'static str {
 /// `directory/merged` (paths in `options` relative to `directory`, the working directory);
 /// `stdio` are the descriptors for its stdin, stdout and stderr (duplicated), `terminal`
 /// takes stdin as its controlling terminal, `env` is its whole environment (None: this
-/// process's). Returns its pid; the caller waits for it. A failure in the child is an
-/// `OSError` whose `errno` is the system's and whose message says which step failed; a
-/// program not found is `FileNotFoundError`.
+/// process's). Returns its pid; the caller waits for it. A failure in the child is a
+/// `ContainerError` that says which step failed and why; a program not found is
+/// `FileNotFoundError`.
 // A Python signature of keyword options, as the other bindings have.
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
@@ -50,10 +49,17 @@ fn spawn_in_overlay(
         terminal,
     };
     sandbox::spawn(&command).map_err(|e| match sandbox::failed_step(&e) {
-        Some((step, os)) => PyOSError::new_err((
-            os.raw_os_error().unwrap_or(0),
-            format!("{}: {os}", doing(step)),
-        )),
+        Some((step, os)) => Python::attach(|py| {
+            let message = format!("the sandbox could not start: {}: {os}", doing(step));
+            match py
+                .import("layercore.errors")
+                .and_then(|m| m.getattr("ContainerError"))
+                .and_then(|class| class.call1((message,)))
+            {
+                Ok(value) => PyErr::from_value(value),
+                Err(lookup) => lookup,
+            }
+        }),
         None => PyErr::from(e),
     })
 }

@@ -512,8 +512,6 @@ def _supervise(
                     f"running a container needs {sandbox.argv[0]} on PATH "
                     "(Debian: bubblewrap, util-linux)"
                 ) from e
-            except OSError as e:
-                raise ContainerError(f"the sandbox could not start: {e.strerror}") from None
             finally:
                 for fd in (slave, devnull):
                     if fd >= 0:
