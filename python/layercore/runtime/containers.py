@@ -19,7 +19,10 @@ A container is a directory of the store (``.layercore/containers/NAME/``):
 - ``skel/``: the mount points the image lacks (``/proc``, ``/dev``, the working directory,
   bind targets), the top lower dir, so that they never reach ``upper/``;
 - ``l/``: short links to the snapshots (an overlay's options must fit in one page);
-- ``lock``: held while the command runs.
+- ``lock``: held while the command runs (and while the container is committed or removed).
+
+The sandbox starts from the Rust core (``_core.spawn_in_overlay``: namespaces, the overlay
+mount, then bwrap, with no process between) in a session of its own.
 
 :func:`commit` writes ``upper/`` as a layer (:meth:`Layer.from_overlay_upper
 <layercore.Layer.from_overlay_upper>`) on top of the image, :func:`changes` lists it as
@@ -27,7 +30,8 @@ A container is a directory of the store (``.layercore/containers/NAME/``):
 :func:`remove` deletes the directory. :meth:`Store.gc <layercore.Store.gc>` keeps the image and
 the snapshots of every container.
 
-It may import the lower layers (errors, image, layer, store) and :mod:`layercore.runtime.sandbox`.
+It may import the lower layers (the core, errors, image, layer, store) and
+:mod:`layercore.runtime.sandbox`.
 """
 
 from __future__ import annotations
