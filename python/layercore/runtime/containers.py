@@ -498,9 +498,11 @@ def _supervise(
     forwarding = _forwarding()
     try:
         with forwarding:
-            for stream in (stdout, stderr):
-                if stream is not None and not isinstance(stream, int):
-                    stream.flush()
+            # What this process wrote first comes out first.
+            for stream, default in ((stdout, sys.stdout), (stderr, sys.stderr)):
+                if not isinstance(stream, int):
+                    with suppress(OSError, ValueError, AttributeError):
+                        (stream or default).flush()
             try:
                 pid = _core.spawn_in_overlay(
                     sandbox.argv,
