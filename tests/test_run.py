@@ -378,6 +378,10 @@ def test_ps_lists_name_image_status_and_size(store: Store) -> None:
     assert lines[0].split() == ["NAME", "IMAGE", "COMMAND", "STATUS", "SIZE"]
     assert lines[1].startswith("one ") and "Exited (2)" in lines[1]
     assert lines[2].startswith("two ") and "Exited (0)" in lines[2] and "4.9 KiB" in lines[2]
+    lc(store, "run", "--name", "three", "-e", "TOKEN=s3cret", "app:1", "true")
+    assert b"s3cret" not in lc(store, "ps", "--json").stdout  # an environment stays out of logs
+    assert "TOKEN=s3cret" in store.container("three").env
+    store.remove_container("three")
     rows = json.loads(lc(store, "ps", "--json").stdout)
     assert [(r["name"], r["status"], r["exit_code"], r["size"]) for r in rows] == [
         ("one", "exited", 2, 0),

@@ -50,7 +50,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -144,7 +144,8 @@ class ContainerInfo:
     image_digest: str
     #: Entrypoint and command, as run.
     command: tuple[str, ...]
-    env: tuple[str, ...]
+    #: ``K=V`` each; left out of the repr and of :meth:`to_json` (it may hold a password).
+    env: tuple[str, ...] = field(repr=False)
     workdir: str
     user: str
     network: Network
@@ -170,12 +171,13 @@ class ContainerInfo:
         return total
 
     def to_json(self) -> dict[str, Any]:
+        """The container as ``layercore ps --json`` prints it: everything but the environment
+        (it may hold values a log should not keep; ``env`` has it)."""
         return {
             "name": self.name,
             "image": self.image,
             "image_digest": self.image_digest,
             "command": list(self.command),
-            "env": list(self.env),
             "workdir": self.workdir,
             "user": self.user,
             "network": self.network,
