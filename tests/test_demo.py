@@ -45,6 +45,10 @@ def test_demo_shares_the_base_and_is_reproducible(tmp_path: Path) -> None:
     blobs = list((home / "blobs" / "sha256").iterdir())
     assert sum(1 for b in blobs if b.name == base.layers[0].digest.removeprefix("sha256:")) == 1
 
+    # The app ran in a container over the image's snapshots, and the container is gone.
+    assert "$ layercore run --rm demo/app:1\nhello from app\n" in first
+    assert store.containers() == []
+
     # The exports are there, and name the image.
     index = json.loads((tmp_path / "demo-export" / "app-oci" / "index.json").read_text())
     assert index["manifests"][0]["digest"] == app.digest

@@ -4,8 +4,9 @@ Into the store at ``$LAYERCORE_HOME`` (default ``~/.local/share/layercore``) it 
 image from a busybox-static root filesystem, then an app and a worker on that base from one
 two-stage Dockerfile (``layercore build``: a RUN in the first stage, COPY from the context and
 from that stage, metadata), showing each build's steps. It then shows the app's history, which
-layer provides a file, the store's disk use with the base stored once, and exports the app to
-an OCI layout and a docker-archive in ``./demo-export``.
+layer provides a file, the store's disk use with the base stored once, runs the app's command
+in a container over the shared snapshots (removed after), and exports the app to an OCI layout
+and a docker-archive in ``./demo-export``.
 
 Every timestamp comes from a fixed ``SOURCE_DATE_EPOCH``, so running the demo again produces the
 same digests and writes no layer twice.
@@ -135,6 +136,8 @@ def main() -> None:
     run(store, "which", APP, "/app/main.sh")
     run(store, "which", APP, "/bin/sh")
     run(store, "du")
+    # A container of the app: its command over the image's shared snapshots, nothing copied.
+    run(store, "run", "--rm", APP)
 
     export = Path("demo-export").absolute()
     export.mkdir(parents=True, exist_ok=True)
