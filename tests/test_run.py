@@ -382,6 +382,7 @@ def test_ps_lists_name_image_status_and_size(store: Store) -> None:
     assert b"s3cret" not in lc(store, "ps", "--json").stdout  # an environment stays out of logs
     assert "TOKEN=s3cret" in store.container("three").env
     store.remove_container("three")
+    assert lc(store, "ps", "-q").stdout == b"one\ntwo\n"
     rows = json.loads(lc(store, "ps", "--json").stdout)
     assert [(r["name"], r["status"], r["exit_code"], r["size"]) for r in rows] == [
         ("one", "exited", 2, 0),

@@ -115,9 +115,10 @@ def register(commands: Commands) -> None:
         Lists the store's containers, oldest first: name, image, command, status (Created,
         Up, Exited (CODE)) and the size of the writable layer.
         """,
-        ["layercore ps", "layercore ps --json"],
+        ["layercore ps", "layercore ps --json", "layercore rm $(layercore ps -q)"],
         json=True,
     )
+    p.add_argument("-q", "--quiet", action="store_true", help="print the names only")
 
     p = commands.add(
         "commit",
@@ -212,6 +213,9 @@ def _cannot_run(exc: BaseException) -> int:
 
 def _cmd_ps(args: argparse.Namespace, session: Session) -> int:
     found = session.store.containers()
+    if args.quiet:
+        sys.stdout.write("".join(f"{c.name}\n" for c in found))
+        return 0
     if session.json:
         session.emit_json([{**c.to_json(), "size": c.size()} for c in found])
         return 0
