@@ -633,3 +633,27 @@ def test_a_sandbox_that_cannot_start_says_which_step_failed(store: Store) -> Non
     finally:
         work.with_name("away").rename(work)
     assert store.start("broken").exit_code == 0
+
+
+def test_a_run_of_an_image_with_snapshots_imports_no_image_model(store: Store) -> None:
+    """Start-up: once the snapshots exist, `layercore run` reads the manifest and config
+    through layercore.layout, without the store and image modules (and dataclasses, which
+    they need), and makes the very container the whole path makes."""
+    store.run("app:1", ["true"], name="whole", env={"A": "1"}, workdir="/srv")
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "layercore", "--store", str(store.root),
+         "run", "--name", "lean", "-e", "A=1", "-w", "/srv", "app:1", "true"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "layercore.runtime.containers" in imported
+    for heavy in ("layercore.store", "layercore.image", "layercore.layer", "dataclasses"):
+        assert heavy not in imported, heavy
+
+    def record(name: str) -> dict[str, object]:
+        data = json.loads((store.containers_dir() / name / "container.json").read_text())
+        return {k: v for k, v in data.items() if k not in ("name", "created")}
+
+    assert record("lean") == record("whole")
+    assert store.container("lean").exit_code == 0

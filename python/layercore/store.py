@@ -59,6 +59,8 @@ from layercore.image import (
     sha256_digest,
 )
 from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
+from layercore.layout import PRIVATE, REF_NAME, snapshot_path, tag_of
+from layercore.layout import default_root as layout_default_root
 
 if TYPE_CHECKING:
     from layercore.registry.transfer import PushResult, Transfers
@@ -86,8 +88,6 @@ __all__ = [
 #: The formats :meth:`Store.export_image` writes (see :mod:`layercore.transport`).
 ExportFormat = Literal["oci", "oci-archive", "docker-archive"]
 #: The index.json annotation that holds an image's tag.
-REF_NAME = "org.opencontainers.image.ref.name"
-
 _TAG = re.compile(r"[A-Za-z0-9]+(?:(?:[-._:@/+]|--)[A-Za-z0-9]+)*")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -230,10 +230,7 @@ class Ingest:
 
 def default_root() -> Path:
     """``$LAYERCORE_HOME`` if set, else ``~/.local/share/layercore``."""
-    home = os.environ.get("LAYERCORE_HOME")
-    if home:
-        return Path(home).expanduser()
-    return Path.home() / ".local" / "share" / "layercore"
+    return Path(layout_default_root())
 
 
 class Store:
@@ -252,7 +249,7 @@ class Store:
         crash cut short."""
         self.root = (default_root() if root is None else Path(root).expanduser()).absolute()
         self._blobs = self.root / "blobs" / "sha256"
-        self._private = self.root / ".layercore"
+        self._private = self.root / PRIVATE
         self._tmp = self._private / "tmp"
         self._stamps = self._private / "stamps"
         self._seen = self._private / "seen"
@@ -880,8 +877,7 @@ class Store:
         return _core.chain_id([layer.diff_id for layer in layers])
 
     def _snapshot_path(self, chain: str, xattrs: str) -> Path:
-        name = _hex(chain) + (".user" if xattrs == "user" else "")
-        return self._private / "snapshots" / name
+        return Path(snapshot_path(os.fspath(self.root), _hex(chain), xattrs))
 
     @staticmethod
     def _place_snapshot(tmp: Path, final: Path) -> None:
@@ -970,7 +966,7 @@ class Store:
         """Every tag and the manifest digest it names, sorted by tag."""
         tags = {}
         for entry in self._read_index()["manifests"]:
-            tag = _tag_of(entry)
+            tag = tag_of(entry)
             if tag is not None:
                 tags[tag] = entry["digest"]
         return dict(sorted(tags.items()))
@@ -978,7 +974,7 @@ class Store:
     def images(self) -> list[tuple[str | None, Image]]:
         """Every image of ``index.json`` with its tag (None when untagged), in index order."""
         return [
-            (_tag_of(entry), self._load_entry(entry, entry["digest"]))
+            (tag_of(entry), self._load_entry(entry, entry["digest"]))
             for entry in self._read_index()["manifests"]
         ]
 
@@ -999,7 +995,7 @@ class Store:
         if there is no such tag or image."""
         with self.writing(), self._index_update() as index:
             entries = index["manifests"]
-            kept = [e for e in entries if _tag_of(e) != tag]
+            kept = [e for e in entries if tag_of(e) != tag]
             if len(kept) == len(entries):
                 digest = self._match_digest(tag, entries)
                 if digest is None:
@@ -1139,7 +1135,7 @@ class Store:
             blobs = blobs_of[entry["digest"]]
             size = sum(blobs.values())
             unique = sum(s for d, s in blobs.items() if users[d] == 1)
-            images.append(ImageUsage(_tag_of(entry), entry["digest"], size, unique, size - unique))
+            images.append(ImageUsage(tag_of(entry), entry["digest"], size, unique, size - unique))
         referenced: dict[str, int] = {}
         for blobs in blobs_of.values():
             referenced.update(blobs)
@@ -1575,7 +1571,7 @@ class Store:
             index["manifests"] = [
                 e
                 for e in entries
-                if _tag_of(e) != tag and not (e["digest"] == digest and _tag_of(e) is None)
+                if tag_of(e) != tag and not (e["digest"] == digest and tag_of(e) is None)
             ]
             index["manifests"].append({**descriptor, "annotations": {REF_NAME: tag}})
 
@@ -1590,7 +1586,7 @@ class Store:
             if self.has_blob(ref):
                 return {"digest": ref, "size": self.blob_path(ref).stat().st_size}
         for entry in entries:
-            if _tag_of(entry) == ref:
+            if tag_of(entry) == ref:
                 return dict(entry)
         digest = self._match_digest(ref, entries)
         if digest is not None:
@@ -1739,15 +1735,6 @@ def _hex(digest: str) -> str:
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         raise ValueError(f"not a sha256 digest (sha256:<64 lowercase hex>): {digest!r}")
     return digest[7:]
-
-
-def _tag_of(entry: Mapping[str, Any]) -> str | None:
-    annotations = entry.get("annotations")
-    if isinstance(annotations, dict):
-        tag = annotations.get(REF_NAME)
-        if isinstance(tag, str):
-            return tag
-    return None
 
 
 def _parse(data: bytes, path: Path, what: str) -> dict[str, Any]:

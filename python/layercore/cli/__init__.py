@@ -31,13 +31,18 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
 from contextlib import suppress
-from typing import Any, NoReturn
 
 from layercore.cli.parser import Commands, Formatter, epilog
-from layercore.cli.session import Handler, Session, UsageError, print_error
+from layercore.cli.session import Session, UsageError, print_error
 from layercore.errors import LayerError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn
+
+    from layercore.cli.session import Handler
 
 __all__ = ["build_parser", "diff_images", "main"]
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from layercore.cli.output import human_size, plain_table, short_digest, show_path
 from layercore.cli.parser import Commands
 from layercore.cli.session import Session, print_error
 from layercore.errors import ContainerNotFoundError, ImageNotFoundError, LayerError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from layercore.runtime.containers import ContainerInfo
 
@@ -163,6 +163,12 @@ def _cmd_run(args: argparse.Namespace, session: Session) -> int:
     try:
         if args.pull == "always":
             _pull(session, args.image)
+        else:
+            # A tag whose snapshots exist runs without the store and image modules, whose
+            # import would be most of the start-up; anything else goes the whole way.
+            launched = _launch(args, cmd or None, entrypoint)
+            if launched is not None:
+                return launched
         try:
             return run()
         except ImageNotFoundError:
@@ -173,6 +179,35 @@ def _cmd_run(args: argparse.Namespace, session: Session) -> int:
             return run()
     except (LayerError, ValueError, OSError) as exc:
         return _cannot_run(exc)
+
+
+def _launch(
+    args: argparse.Namespace, cmd: list[str] | None, entrypoint: list[str] | None
+) -> int | None:
+    """The exit code of ``run`` through :func:`layercore.runtime.containers.launch`, or None
+    when that does not apply."""
+    import os
+
+    from layercore import layout
+    from layercore.runtime.containers import launch
+
+    root = os.path.abspath(os.path.expanduser(args.store or layout.default_root()))
+    result = launch(
+        root,
+        args.image,
+        cmd,
+        name=args.name,
+        env=args.env,
+        workdir=args.workdir,
+        user=args.user,
+        mounts=args.volume,
+        network=args.network,
+        entrypoint=entrypoint,
+        rm=args.rm,
+        tty=args.tty,
+        interactive=args.interactive,
+    )
+    return None if result is None else result.exit_code
 
 
 def _pullable(ref: str) -> bool:

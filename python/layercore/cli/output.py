@@ -8,15 +8,17 @@ parser.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
 from layercore import units
-from layercore.image import Image
-from layercore.layer import Layer
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
     from rich.table import Table
+
+    from layercore.image import Image
+    from layercore.layer import Layer
 
 __all__ = [
     "borderless_table",

@@ -12,17 +12,49 @@ It may import argparse and ``cli.session`` (for the handler's type), nothing els
 from __future__ import annotations
 
 import argparse
-import inspect
-from collections.abc import Sequence
-from typing import Any
+import os
+import sys
+import textwrap
 
-from layercore.cli.session import Handler
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from layercore.cli.session import Handler
 
 __all__ = ["Commands", "Formatter", "epilog"]
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the descriptions' and epilogs' line breaks (the examples)."""
+    """Keeps the descriptions' and epilogs' line breaks (the examples). The width is the
+    terminal's, found as ``shutil.get_terminal_size`` finds it but without importing shutil,
+    which argparse would do for every parser built (a few ms of a short command's start)."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _columns() -> int:
+    """``$COLUMNS``, else stdout's terminal width, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+    return columns or 80
 
 
 def epilog(*lines: str) -> str:
@@ -51,14 +83,14 @@ class Commands:
     def of(cls, parser: argparse.ArgumentParser, only: str | None = None) -> Commands:
         """The top level of ``parser``'s commands (``layercore COMMAND``); with ``only``, just
         that command is built (the others are skipped: :class:`_Skipped`)."""
-        common = argparse.ArgumentParser(add_help=False)
+        common = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
         common.add_argument(
             "--store",
             metavar="DIR",
             default=argparse.SUPPRESS,
             help="the image store (default: $LAYERCORE_HOME, else ~/.local/share/layercore)",
         )
-        as_json = argparse.ArgumentParser(add_help=False)
+        as_json = argparse.ArgumentParser(add_help=False, formatter_class=Formatter)
         as_json.add_argument(
             "--json", action="store_true", help="print JSON (stable keys, exact byte counts)"
         )
@@ -83,7 +115,7 @@ class Commands:
         sub = self._subparsers.add_parser(
             name,
             help=summary,
-            description=inspect.cleandoc(description),
+            description=textwrap.dedent(description).strip(),
             epilog=epilog(*examples),
             formatter_class=Formatter,
             parents=[self._common, self._as_json] if json else [self._common],

@@ -14,17 +14,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeAlias
 
-from layercore.cli.output import image_json
-from layercore.image import Image
-from layercore.store import Store
-
+# Types only: a command imports the store and the image model when it uses them (`run` of an
+# image whose snapshots exist never does; see layercore.runtime.containers.launch).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any, TypeAlias
+
     from rich.console import Console
     from rich.table import Table
+
+    from layercore.image import Image
+    from layercore.store import Store
+
+    Handler: TypeAlias = Callable[[argparse.Namespace, "Session"], int]
 
 __all__ = ["Handler", "Session", "UsageError", "out_tag", "print_error", "report_saved"]
 
@@ -63,6 +68,8 @@ class Session:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from layercore.store import Store
+
             self._store = Store(self.args.store)
         return self._store
 
@@ -144,7 +151,6 @@ class Session:
 
 
 #: What runs a command: it gets the parsed arguments and the session, returns the exit status.
-Handler: TypeAlias = Callable[[argparse.Namespace, Session], int]
 
 
 def print_error(message: str) -> None:
@@ -163,6 +169,8 @@ def out_tag(session: Session, ref: str, new_tag: str | None) -> str | None:
 def report_saved(session: Session, tag: str | None, image: Image, **extra: Any) -> int:
     """Prints a saved image (``TAG DIGEST``, or its JSON with ``extra`` keys); exit status 0."""
     if session.json:
+        from layercore.cli.output import image_json
+
         session.emit_json({**image_json(tag, image), **extra})
     else:
         session.print(f"{tag if tag is not None else '<untagged>'} {image.digest}")

@@ -42,19 +42,14 @@ import json
 import os
 import posixpath
 import re
-import select
 import signal
 import stat
 import sys
 import time
-import warnings
-from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
 
-from layercore import _core
+from layercore import _core, layout
 from layercore.durable import remove_tree
 from layercore.errors import (
     CommandNotFoundError,
@@ -62,6 +57,7 @@ from layercore.errors import (
     ContainerNotFoundError,
     LayerWarning,
 )
+from layercore.runtime.records import Record
 from layercore.runtime.sandbox import (
     DEFAULT_PATH,
     HOST_FILES,
@@ -73,9 +69,19 @@ from layercore.runtime.sandbox import (
     make_skeleton,
 )
 
+# ``typing`` and the image and store modules only for the checker: ``layercore run`` of an
+# image whose snapshots exist imports none of them (see :func:`launch`).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from layercore.image import Image, RuntimeConfig
+    from collections.abc import Callable, Mapping, Sequence
+    from contextlib import AbstractContextManager
+    from typing import IO, Any, Literal
+
+    from layercore.image import Image
     from layercore.store import Store
+
+    Network = Literal["none", "host"]
+    Status = Literal["created", "running", "exited"]
 
 __all__ = [
     "BindMount",
@@ -87,6 +93,7 @@ __all__ = [
     "containers",
     "create",
     "inspect",
+    "launch",
     "remove",
     "run",
     "start",
@@ -94,8 +101,6 @@ __all__ = [
 
 #: Docker's container names: a letter or digit, then letters, digits, ``_``, ``.``, ``-``.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-Network = Literal["none", "host"]
-Status = Literal["created", "running", "exited"]
 #: Signals a container gets when ``layercore run`` gets them (``docker run``'s sig-proxy).
 _FORWARDED = (
     signal.SIGINT,
@@ -109,13 +114,16 @@ _FORWARDED = (
 _KILL_AFTER_INTERRUPTS = 3
 
 
-@dataclass(frozen=True)
-class BindMount:
+class BindMount(Record):
     """A host path bound into the container (``-v HOST:CTR[:ro]``)."""
 
+    __slots__ = ("readonly", "source", "target")
     source: Path
     target: str
-    readonly: bool = False
+    readonly: bool
+
+    def __init__(self, source: Path, target: str, readonly: bool = False) -> None:
+        self._set(source=source, target=target, readonly=readonly)
 
     @classmethod
     def parse(cls, spec: str) -> BindMount:
@@ -133,32 +141,78 @@ class BindMount:
         return {"source": str(self.source), "target": self.target, "readonly": self.readonly}
 
 
-@dataclass(frozen=True)
-class ContainerInfo:
-    """A container of the store: what it runs and how it ended (see the module docstring)."""
+class ContainerInfo(Record):
+    """A container of the store: what it runs and how it ended (see the module docstring).
 
+    ``image`` is the reference it was created from, as given, and ``image_digest`` that
+    image's manifest digest; ``command`` the Entrypoint and command as run; ``env`` its
+    ``K=V`` pairs (left out of the repr and of :meth:`to_json`: it may hold a password);
+    ``exit_code`` how the command ended (128 + N for signal N), None before it ended or when
+    the process that ran it was killed; ``upper_dir`` the writable layer (an overlayfs upper
+    dir)."""
+
+    __slots__ = (
+        "command",
+        "created",
+        "env",
+        "exit_code",
+        "finished",
+        "image",
+        "image_digest",
+        "mounts",
+        "name",
+        "network",
+        "started",
+        "status",
+        "tty",
+        "upper_dir",
+        "user",
+        "workdir",
+    )  # fmt: skip
+    _hidden = ("env",)
     name: str
-    #: The image reference it was created from, as given.
     image: str
-    #: The manifest digest of that image.
     image_digest: str
-    #: Entrypoint and command, as run.
     command: tuple[str, ...]
-    #: ``K=V`` each; left out of the repr and of :meth:`to_json` (it may hold a password).
-    env: tuple[str, ...] = field(repr=False)
+    env: tuple[str, ...]
     workdir: str
     user: str
     network: Network
     mounts: tuple[BindMount, ...]
     tty: bool
     status: Status
-    #: How the command ended (128 + N for signal N), or None before it ended.
     exit_code: int | None
     created: str
     started: str | None
     finished: str | None
-    #: The writable layer (an overlayfs upper dir).
     upper_dir: Path
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        image: str,
+        image_digest: str,
+        command: tuple[str, ...],
+        env: tuple[str, ...],
+        workdir: str,
+        user: str,
+        network: Network,
+        mounts: tuple[BindMount, ...],
+        tty: bool,
+        status: Status,
+        exit_code: int | None,
+        created: str,
+        started: str | None,
+        finished: str | None,
+        upper_dir: Path,
+    ) -> None:
+        self._set(
+            name=name, image=image, image_digest=image_digest, command=command, env=env,
+            workdir=workdir, user=user, network=network, mounts=mounts, tty=tty,
+            status=status, exit_code=exit_code, created=created, started=started,
+            finished=finished, upper_dir=upper_dir,
+        )  # fmt: skip
 
     def size(self) -> int:
         """The bytes of the regular files in the writable layer (``docker ps --size``)."""
@@ -192,22 +246,28 @@ class ContainerInfo:
         }
 
 
-@dataclass(frozen=True)
-class RunResult:
+class RunResult(Record):
     """How a run ended: the command's exit code (128 + N when signal N ended it, as a shell
     reports it) and the container as it is after the run."""
 
+    __slots__ = ("container", "exit_code")
     exit_code: int
     container: ContainerInfo
 
+    def __init__(self, exit_code: int, container: ContainerInfo) -> None:
+        self._set(exit_code=exit_code, container=container)
 
-@dataclass(frozen=True)
-class ContainerChange:
+
+class ContainerChange(Record):
     """One line of ``docker diff``: ``A`` (added), ``C`` (changed) or ``D`` (deleted), and the
     path from the container's root."""
 
+    __slots__ = ("kind", "path")
     kind: Literal["A", "C", "D"]
     path: str
+
+    def __init__(self, kind: Literal["A", "C", "D"], path: str) -> None:
+        self._set(kind=kind, path=path)
 
     def __str__(self) -> str:
         return f"{self.kind} {self.path}"
@@ -282,76 +342,211 @@ def create(
     ``mounts`` are host paths bound in (a missing host directory is created, as Docker does);
     ``network`` is ``"none"`` (a private loopback) or ``"host"``. The image's snapshots are
     made if missing (the first run of an image pays for extracting its layers once)."""
+    import warnings
+
+    loaded = store.load(image)
+    record = _record(
+        image, loaded.digest, loaded.config.get("config"), cmd, name=name, env=env,
+        workdir=workdir, user=user, mounts=mounts, network=network, entrypoint=entrypoint,
+        tty=tty,
+    )  # fmt: skip
+    with store.writing():
+        with warnings.catch_warnings():
+            if record["xattrs"] == "user":
+                # Expected: the caller cannot give files other owners; in the container's user
+                # namespace, where only root is mapped (to the caller), they are root's anyway.
+                warnings.filterwarnings("ignore", "owner not restored", LayerWarning)
+            snapshots = store.snapshots(loaded.layers, xattrs=record["xattrs"])
+        return _make(store.containers_dir(), record, snapshots)
+
+
+def launch(
+    root: str,
+    image: str,
+    cmd: Sequence[str] | None = None,
+    *,
+    name: str | None = None,
+    env: Mapping[str, str] | Sequence[str] | None = None,
+    workdir: str | None = None,
+    user: str | None = None,
+    mounts: Sequence[BindMount | str] = (),
+    network: Network = "none",
+    entrypoint: Sequence[str] | None = None,
+    rm: bool = False,
+    tty: bool = False,
+    interactive: bool = False,
+) -> RunResult | None:
+    """:func:`run` of the tag ``image`` of the store at ``root`` whose snapshots all exist,
+    reading the store through :mod:`layercore.layout` (the image's manifest and config, each
+    checked against its digest) without the store and image modules: what ``layercore run``
+    does first, since those modules cost a process more than the rest of a run. None (and
+    nothing done) when that does not apply: ``image`` is no tag of the index, names an image
+    index or an invalid manifest, or a snapshot is missing; :func:`run` then does it all."""
+    found = _tagged_image(root, image)
+    if found is None:
+        return None
+    digest, config, diff_ids = found
+    xattrs = "user" if os.geteuid() != 0 else "trusted"
+    chains = [_core.chain_id(diff_ids[: i + 1]) for i in range(len(diff_ids))]
+    snapshots = [
+        Path(layout.snapshot_path(root, c.removeprefix("sha256:"), xattrs)) for c in chains
+    ]
+    if not all(path.is_dir() for path in snapshots):
+        return None
+    record = _record(
+        image, digest, config.get("config"), cmd, name=name, env=env, workdir=workdir,
+        user=user, mounts=mounts, network=network, entrypoint=entrypoint, tty=tty,
+    )  # fmt: skip
+    containers_dir = Path(root, layout.PRIVATE, "containers")
+    with layout.writer_lock(root):
+        if not all(path.is_dir() for path in snapshots):  # a gc came first
+            return None
+        info = _make(containers_dir, record, snapshots)
+    try:
+        return _start(containers_dir, info.name, interactive=interactive)
+    finally:
+        if rm:
+            _remove(containers_dir, info.name, writing=lambda: layout.writer_lock(root))
+
+
+#: The manifest media types :func:`launch` reads itself (an index goes through the store).
+_MANIFESTS = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+
+
+def _tagged_image(root: str, tag: str) -> tuple[str, dict[str, Any], list[str]] | None:
+    """``(manifest digest, config, diff_ids)`` of the image the store at ``root`` tags ``tag``,
+    its manifest and config read and checked against their digests; None if there is none,
+    or if anything about it is not plain (the store then says what)."""
+    entries = layout.read_index(root)
+    if entries is None:
+        return None
+    matches = [e for e in entries if layout.tag_of(e) == tag]
+    if len(matches) != 1 or matches[0].get("mediaType") not in _MANIFESTS:
+        return None
+    manifest = _verified_json(root, matches[0].get("digest"))
+    descriptor = manifest.get("config") if manifest is not None else None
+    if manifest is None or not isinstance(descriptor, dict):
+        return None
+    config = _verified_json(root, descriptor.get("digest"))
+    rootfs = config.get("rootfs") if config is not None else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    layers = manifest.get("layers")
+    if (
+        config is None
+        or not isinstance(diff_ids, list)
+        or not all(isinstance(d, str) for d in diff_ids)
+        or not isinstance(layers, list)
+        or len(layers) != len(diff_ids)
+    ):
+        return None
+    return str(matches[0]["digest"]), config, diff_ids
+
+
+def _verified_json(root: str, digest: object) -> dict[str, Any] | None:
+    """The JSON object in the blob ``digest``, if its bytes have that digest."""
+    if not isinstance(digest, str) or not digest.startswith("sha256:") or "/" in digest:
+        return None
+    try:
+        with open(layout.blob_path(root, digest), "rb") as f:
+            data = f.read(4 * 1024 * 1024 + 1)
+    except OSError:
+        return None
+    if len(data) > 4 * 1024 * 1024 or _core.Digester(data).digest() != digest:
+        return None
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _record(
+    image: str,
+    digest: str,
+    config: object,
+    cmd: Sequence[str] | None,
+    *,
+    name: str | None,
+    env: Mapping[str, str] | Sequence[str] | None,
+    workdir: str | None,
+    user: str | None,
+    mounts: Sequence[BindMount | str],
+    network: str,
+    entrypoint: Sequence[str] | None,
+    tty: bool,
+) -> dict[str, Any]:
+    """What ``container.json`` holds for a new container of ``image`` (manifest ``digest``,
+    the config's ``config`` object ``config``), the arguments checked."""
     if network not in ("none", "host"):
         raise ValueError(f"network {network!r}: use none or host")
-    loaded = store.load(image)
-    argv = _command(loaded.runtime_config, cmd, entrypoint)
+    runtime = _runtime(config, image)
+    argv = _command(runtime, cmd, entrypoint)
     if not argv:
         raise ContainerError(
             "the image has no command (Entrypoint or Cmd): give one after the image", image
         )
-    workdir = workdir or loaded.runtime_config.working_dir or "/"
+    workdir = workdir or runtime["WorkingDir"] or "/"
     if not workdir.startswith("/"):
         raise ValueError(f"working directory {workdir!r} must be an absolute path")
-    binds = [BindMount.parse(m) if isinstance(m, str) else m for m in mounts]
-    binds = [_ready(m) for m in binds]
+    binds = [_ready(BindMount.parse(m) if isinstance(m, str) else m) for m in mounts]
     name = name or _generated_name(image)
     if not _NAME.fullmatch(name):
         raise ValueError(
             f"invalid container name {name!r}: a letter or digit, then letters, digits, "
             "'_', '.' or '-' (at most 128)"
         )
-    userns = os.geteuid() != 0
-    xattrs: Literal["trusted", "user"] = "user" if userns else "trusted"
-    record = {
+    return {
         "name": name,
         "image": image,
-        "image_digest": loaded.digest,
+        "image_digest": digest,
         "command": argv,
-        "env": _environment(loaded.runtime_config.env, env),
+        "env": _environment(runtime["Env"] or [], env),
         "workdir": workdir,
-        "user": user if user is not None else loaded.runtime_config.user or "",
+        "user": user if user is not None else runtime["User"] or "",
         "network": network,
         "mounts": [m.to_json() for m in binds],
         "tty": tty,
-        "xattrs": xattrs,
+        "xattrs": "user" if os.geteuid() != 0 else "trusted",
         "created": _now(),
     }
-    root = store.containers_dir()
-    final = root / name
+
+
+def _make(
+    containers_dir: Path, record: Mapping[str, Any], snapshots: Sequence[Path]
+) -> ContainerInfo:
+    """Makes the container ``record`` describes over ``snapshots`` (bottom first) in
+    ``containers_dir``: in a temp directory, renamed into place (so a name is taken whole or
+    not at all). The caller holds off gc."""
+    name = record["name"]
+    final = containers_dir / name
     if os.path.lexists(final):
         raise ContainerError(f"a container named {name!r} exists already", name)
-    with store.writing():
-        with warnings.catch_warnings():
-            if userns:
-                # Expected: the caller cannot give files other owners; in the container's user
-                # namespace, where only root is mapped (to the caller), they are root's anyway.
-                warnings.filterwarnings("ignore", "owner not restored", LayerWarning)
-            snapshots = store.snapshots(loaded.layers, xattrs=xattrs)
-        tmp = root / f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        tmp.mkdir(parents=True)
+    tmp = containers_dir / f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        link_lowers(tmp, snapshots)
+        points = [("proc", True), ("dev", True), (record["workdir"], True)]
+        if record["network"] != "none":
+            points += [(f, False) for f in HOST_FILES if os.path.exists(f)]
+        points += [(m["target"], os.path.isdir(m["source"])) for m in record["mounts"]]
+        make_skeleton(MergedLower(snapshots, record["xattrs"]), tmp / "skel", points)
+        for part in ("upper", "work", "merged"):
+            (tmp / part).mkdir(mode=0o755)
+        os.chmod(tmp / "upper", 0o755)
+        _write(tmp / "container.json", record)
+        _write(tmp / "state.json", {"status": "created"})
         try:
-            link_lowers(tmp, snapshots)
-            points = [("proc", True), ("dev", True), (workdir, True)]
-            points += [(f, False) for f in HOST_FILES if network != "none" and os.path.exists(f)]
-            points += [(m.target, m.source.is_dir()) for m in binds]
-            make_skeleton(MergedLower(snapshots, xattrs), tmp / "skel", points)
-            for part in ("upper", "work", "merged"):
-                (tmp / part).mkdir(mode=0o755)
-            os.chmod(tmp / "upper", 0o755)
-            _write(tmp / "container.json", record)
-            _write(tmp / "state.json", {"status": "created"})
-            try:
-                tmp.rename(final)
-            except OSError as e:
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise ContainerError(
-                        f"a container named {name!r} exists already", name
-                    ) from None
-                raise
-        finally:
-            if tmp.exists():
-                remove_tree(tmp)
+            tmp.rename(final)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise ContainerError(f"a container named {name!r} exists already", name) from None
+            raise
+    finally:
+        if tmp.exists():
+            remove_tree(tmp)
     return _info(final, record, {"status": "created"})
 
 
@@ -371,7 +566,26 @@ def start(
     stdin is a terminal, so Ctrl-C reaches the command as it would in a shell). The signals
     this process gets (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) are passed to the
     command; a third Ctrl-C kills it. Raises :class:`ContainerError` if it runs already."""
-    directory = _directory(store, name)
+    return _start(
+        store.containers_dir(),
+        name,
+        interactive=interactive,
+        stdout=stdout,
+        stderr=stderr,
+        stdin=stdin,
+    )
+
+
+def _start(
+    containers_dir: Path,
+    name: str,
+    *,
+    interactive: bool = False,
+    stdout: IO[Any] | int | None = None,
+    stderr: IO[Any] | int | None = None,
+    stdin: IO[Any] | int | None = None,
+) -> RunResult:
+    directory = _directory(containers_dir, name)
     record = _read(directory / "container.json", name)
     lock = _open_lock(directory)
     try:
@@ -582,11 +796,14 @@ class _forwarding:
         self.installed = False
 
     def __enter__(self) -> _forwarding:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
+        try:
             for sig in _FORWARDED:
                 self.saved[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: signals stay as they are
+            for number, handler in self.saved.items():
+                signal.signal(number, handler)
+            self.saved.clear()
+        else:
             self.installed = True
         return self
 
@@ -645,6 +862,7 @@ def _relay(
 ) -> None:
     """Copies the pseudo-terminal's output to ``stdout`` and, when ``interactive``, ``stdin``
     to it, until the command's side closes; this process's terminal is raw meanwhile."""
+    import select
     import termios
     import tty
 
@@ -656,9 +874,7 @@ def _relay(
         tty.setraw(in_fd, termios.TCSANOW)  # what was typed ahead is kept for the command
     resize = None
     if in_fd >= 0 and os.isatty(in_fd):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
+        with suppress(ValueError):  # only the main thread may set it
             resize = signal.signal(signal.SIGWINCH, lambda *_: _copy_window_size(in_fd, master))
     try:
         readers = [master] + ([in_fd] if in_fd >= 0 else [])
@@ -722,7 +938,7 @@ def containers(store: Store) -> list[ContainerInfo]:
 
 def inspect(store: Store, name: str) -> ContainerInfo:
     """The container ``name``; :class:`ContainerNotFoundError` if the store has none."""
-    directory = _directory(store, name)
+    directory = _directory(store.containers_dir(), name)
     record = _read(directory / "container.json", name)
     return _info(directory, record, _state(directory))
 
@@ -732,7 +948,7 @@ def changes(store: Store, name: str) -> list[ContainerChange]:
     path the image does not have, ``C`` for one it has (a directory is ``C`` when something
     in it changed), ``D`` for one deleted (a whiteout; inside a directory that was replaced,
     every path of the image's that the new one lacks)."""
-    directory = _directory(store, name)
+    directory = _directory(store.containers_dir(), name)
     record = _read(directory / "container.json", name)
     lower = _lower(directory, record["xattrs"])
     opaque = f"{record['xattrs']}.overlay.opaque"
@@ -776,7 +992,7 @@ def commit(
     dir written as a layer (:meth:`Store.overlay_layer <layercore.Store.overlay_layer>`) and
     a history entry whose ``created_by`` is the command and ``comment`` the ``message``.
     Saved in the store (under ``tag`` if given). The container must not be running."""
-    directory = _directory(store, name)
+    directory = _directory(store.containers_dir(), name)
     record = _read(directory / "container.json", name)
     lock = _open_lock(directory)
     try:  # held while the layer is written: the container cannot start meanwhile
@@ -804,7 +1020,18 @@ def remove(store: Store, name: str, *, force: bool = False) -> None:
     ``force``, which stops it first: SIGTERM to the ``layercore`` process that runs it (which
     passes it to the command and puts its terminal back), SIGKILL after
     :data:`STOP_TIMEOUT` seconds (bwrap's sandbox dies with that process)."""
-    directory = _directory(store, name)
+    _remove(store.containers_dir(), name, writing=store.writing, force=force)
+
+
+def _remove(
+    containers_dir: Path,
+    name: str,
+    *,
+    writing: Callable[[], AbstractContextManager[None]],
+    force: bool = False,
+) -> None:
+    """:func:`remove`, holding off gc with ``writing()`` while the directory goes."""
+    directory = _directory(containers_dir, name)
     lock = _open_lock(directory)
     try:
         if not _take(lock):
@@ -815,7 +1042,7 @@ def remove(store: Store, name: str, *, force: bool = False) -> None:
             _stop(directory, lock)
         # Renamed away first: the name is free at once, and a crash leaves a ``.rm`` dir
         # that the store's next open (or gc) removes.
-        with store.writing():
+        with writing():
             gone = directory.with_name(f".{name}.{os.getpid()}.{os.urandom(4).hex()}.rm")
             directory.rename(gone)
             remove_tree(gone)
@@ -862,17 +1089,42 @@ def _take(lock: int) -> bool:
 # -- helpers -------------------------------------------------------------------------------------
 
 
+def _runtime(config: object, image: str) -> dict[str, Any]:
+    """The fields of an image config's ``config`` object a run uses (absent or null ones
+    None), each checked for its type."""
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ContainerError("the image's config is invalid: 'config' is not an object", image)
+    out: dict[str, Any] = {}
+    for key in ("Entrypoint", "Cmd", "Env"):
+        value = config.get(key)
+        if value is not None and (
+            not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+        ):
+            raise ContainerError(
+                f"the image's config is invalid: {key} is not a list of strings", image
+            )
+        out[key] = value
+    for key in ("WorkingDir", "User"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ContainerError(f"the image's config is invalid: {key} is not a string", image)
+        out[key] = value or None
+    return out
+
+
 def _command(
-    config: RuntimeConfig, cmd: Sequence[str] | None, entrypoint: Sequence[str] | None
+    runtime: Mapping[str, Any], cmd: Sequence[str] | None, entrypoint: Sequence[str] | None
 ) -> list[str]:
     """Docker's rule: Entrypoint + Cmd; a given command replaces Cmd, a given entrypoint
     replaces Entrypoint and drops the image's Cmd."""
-    ep = list(entrypoint) if entrypoint is not None else list(config.entrypoint or ())
+    ep = list(entrypoint) if entrypoint is not None else list(runtime["Entrypoint"] or ())
     if cmd:
         return [*ep, *cmd]
     if entrypoint is not None:
         return ep
-    return [*ep, *(config.cmd or ())]
+    return [*ep, *(runtime["Cmd"] or ())]
 
 
 def _environment(
@@ -880,8 +1132,8 @@ def _environment(
 ) -> list[str]:
     merged = dict(_split(e) for e in image_env)
     items: list[tuple[str, str | None]] = []
-    if isinstance(env, Mapping):
-        items = [(k, v) for k, v in env.items()]
+    if env is not None and hasattr(env, "items"):  # a mapping (no collections.abc at start-up)
+        items = [(str(k), v) for k, v in env.items()]
     elif env is not None:
         for item in env:
             key, sep, text = item.partition("=")
@@ -1007,8 +1259,8 @@ def _xattr(path: str, name: str) -> bytes | None:
         return None
 
 
-def _directory(store: Store, name: str) -> Path:
-    directory = store.containers_dir() / name
+def _directory(containers_dir: Path, name: str) -> Path:
+    directory = containers_dir / name
     if not _NAME.fullmatch(name) or not (directory / "container.json").is_file():
         raise ContainerNotFoundError(f"no container named {name!r}", name)
     return directory

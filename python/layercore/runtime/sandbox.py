@@ -9,21 +9,25 @@ and a minimal ``/dev``), or, to run as another user when the caller is root, wit
 (:func:`chroot_command`). Mount points the image lacks are made in a skeleton directory, the
 top lower dir (:func:`make_skeleton`), so they never reach the upper dir.
 
-It may import the standard library only: it is a lower layer of ``layercore.build`` and of
-``layercore.runtime``.
+It may import the standard library and :mod:`layercore.runtime.records` only: it is a lower
+layer of ``layercore.build`` and of ``layercore.runtime``, and ``layercore run`` imports it at
+start-up (so nothing here is imported that a run does not use).
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import stat
-import subprocess
-from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+
+from layercore.runtime.records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Mapping, Sequence
+    from typing import Literal
 
 __all__ = [
     "DEFAULT_PATH",
@@ -56,15 +60,20 @@ MOUNT_FAILED_CODE = 219
 _overlay_failed: set[int] = set()
 
 
-@dataclass(frozen=True)
-class Mount:
-    """What a command gets mounted: ``bind`` of ``source`` (read-only or not) or a ``tmpfs``, at
-    ``target`` in the sandbox."""
+class Mount(Record):
+    """What a command gets mounted: ``bind`` of ``source`` (read-only or not) or a ``tmpfs``,
+    at ``target`` in the sandbox."""
 
+    __slots__ = ("kind", "readonly", "source", "target")
     kind: Literal["bind", "tmpfs"]
     source: Path | None
     target: str
     readonly: bool
+
+    def __init__(
+        self, kind: Literal["bind", "tmpfs"], source: Path | None, target: str, readonly: bool
+    ) -> None:
+        self._set(kind=kind, source=source, target=target, readonly=readonly)
 
 
 def bwrap_command(
@@ -118,6 +127,8 @@ def chroot_command(
     sets it directly: a private mount namespace gets the host's ``/dev`` and files bound in,
     then new PID, IPC and UTS namespaces, ``/proc``, the root, the working directory, the ids.
     ``prepare``: create the mount points in ``rootfs`` first (an overlay's skeleton has them)."""
+    import shlex
+
     if prepare:
         for point in ("dev", "proc"):
             (rootfs / point).mkdir(exist_ok=True)
@@ -299,6 +310,8 @@ def make_skeleton(lower: MergedLower, skel: Path, points: Sequence[tuple[str, bo
 
 
 def unmount(path: Path) -> None:
+    import subprocess
+
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
