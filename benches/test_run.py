@@ -66,9 +66,10 @@ BWRAP = [
     "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent",
     "--", "/bin/true",
 ]  # fmt: skip
-#: What `layercore run` imports beyond `import layercore` (the command line, the store and the
-#: image model, the runtime): ``extra_info["imports_ms"]`` is their cost as a process.
-RUN_MODULES = ("layercore.cli.container", "layercore.store", "layercore.runtime.containers")
+#: What `layercore run` of an image whose snapshots exist imports beyond `import layercore`
+#: (the command line, the runtime, the store's layout; not the store and image modules):
+#: ``extra_info["imports_ms"]`` is their cost as a process.
+RUN_MODULES = ("layercore.cli.container", "layercore.runtime.containers", "layercore.layout")
 TAR_X = 'mkdir "$0" && for b; do tar -xzf "$b" -C "$0" || exit 1; done'
 
 
