@@ -96,7 +96,8 @@ def check_store(root: Path, keep: Mapping[str, str]) -> list[str]:
         assert_unlocked(private / lock)
     left = temp_files(root)
     store = Store(root)
-    assert temp_files(root) == [], "the next open did not remove the crash's temp files"
+    still = temp_files(root)
+    assert still == [], f"the next open did not remove the crash's temp files: {still}"
     assert store.verify() == []
     names = os.listdir(root / "blobs" / "sha256")
     assert all(_HEX.fullmatch(name) for name in names), names

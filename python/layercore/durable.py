@@ -87,10 +87,22 @@ def _remove_entry(parent: int, name: str) -> None:
         os.chmod(name, 0o700, dir_fd=parent, follow_symlinks=False)
         fd = os.open(name, flags, dir_fd=parent)
     try:
-        with os.scandir(fd) as entries:
-            names = [entry.name for entry in entries]
-        for child in names:
-            _remove_entry(fd, child)
+        for attempt in range(_EMPTYING_ATTEMPTS):
+            with os.scandir(fd) as entries:
+                names = [entry.name for entry in entries]
+            for child in names:
+                _remove_entry(fd, child)
+            try:
+                os.rmdir(name, dir_fd=parent)
+                return
+            except OSError as e:
+                # Something still wrote into it (a sandbox dying with the build that was
+                # killed): empty it again.
+                if e.errno != errno.ENOTEMPTY or attempt == _EMPTYING_ATTEMPTS - 1:
+                    raise
     finally:
         os.close(fd)
-    os.rmdir(name, dir_fd=parent)
+
+
+#: How often :func:`remove_tree` empties a directory that keeps getting entries.
+_EMPTYING_ATTEMPTS = 5

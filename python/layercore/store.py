@@ -1063,7 +1063,10 @@ class Store:
         if leftovers:
             _unmount_below(self._tmp)
         for leftover in leftovers:
-            remove_tree(leftover)
+            # One that cannot go now (a sandbox of the dead process still dying in it) does
+            # not keep the others: the next open or gc removes it.
+            with suppress(OSError):
+                remove_tree(leftover)
         for name, size in _files(self._stamps):
             if name.endswith(".tmp"):
                 (self._stamps / name).unlink(missing_ok=True)
