@@ -7,7 +7,7 @@ snapshots exist, which starts in a few milliseconds) reads the store through thi
 so imports neither the store nor the image modules (their dataclasses alone cost a process
 several milliseconds).
 
-It imports the standard library only.
+It imports the standard library and the core only.
 """
 
 from __future__ import annotations
@@ -17,15 +17,18 @@ import json
 import os
 from contextlib import contextmanager
 
+from layercore import _core
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator, Mapping, Sequence
     from typing import Any
 
 __all__ = [
     "PRIVATE",
     "REF_NAME",
     "blob_path",
+    "chains",
     "default_root",
     "read_index",
     "snapshot_path",
@@ -48,6 +51,12 @@ def default_root() -> str:
 def blob_path(root: str, digest: str) -> str:
     """Where the blob ``digest`` (``sha256:<hex>``) is."""
     return os.path.join(root, "blobs", "sha256", digest.removeprefix("sha256:"))
+
+
+def chains(diff_ids: Sequence[str]) -> list[str]:
+    """The chain_id of each prefix of a stack, bottom first (OCI image-spec): what its
+    layers' snapshots are named by."""
+    return [_core.chain_id(list(diff_ids[: i + 1])) for i in range(len(diff_ids))]
 
 
 def snapshot_path(root: str, chain_hex: str, xattrs: str) -> str:

@@ -59,7 +59,7 @@ from layercore.image import (
     sha256_digest,
 )
 from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
-from layercore.layout import PRIVATE, REF_NAME, snapshot_path, tag_of
+from layercore.layout import PRIVATE, REF_NAME, chains, snapshot_path, tag_of
 from layercore.layout import default_root as layout_default_root
 
 if TYPE_CHECKING:
@@ -702,9 +702,9 @@ class Store:
         self, layers: Sequence[Layer], xattrs: str, given: Mapping[str, Path] | None
     ) -> list[Path]:
         """Where each layer's snapshot is: ``given`` by its chain_id, else in the store."""
-        chains = _chains([layer.diff_id for layer in layers])
         return [
-            given[c] if given and c in given else self._snapshot_path(c, xattrs) for c in chains
+            given[c] if given and c in given else self._snapshot_path(c, xattrs)
+            for c in chains([layer.diff_id for layer in layers])
         ]
 
     def commit_snapshot(
@@ -1109,7 +1109,7 @@ class Store:
             if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
                 continue
             with suppress(ValueError):
-                keep.update(_hex(chain) for chain in _chains(diff_ids))
+                keep.update(_hex(chain) for chain in chains(diff_ids))
         freed = 0
         for entry in root.iterdir():
             if entry.name.removesuffix(".user") in keep:
@@ -1756,11 +1756,6 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 def _stamp_text(st: os.stat_result) -> str:
     return " ".join(str(v) for v in _stat_key(st)) + "\n"
-
-
-def _chains(diff_ids: Sequence[str]) -> list[str]:
-    """The chain_id of each prefix of a stack, bottom first (OCI image-spec)."""
-    return [_core.chain_id(list(diff_ids[: i + 1])) for i in range(len(diff_ids))]
 
 
 def _unmount_below(path: Path) -> None:

@@ -84,7 +84,6 @@ from layercore.image import Image, host_architecture, sha256_digest
 from layercore.layer import Compression, DirAttrs, Layer, Owner, StrPath
 from layercore.runtime.sandbox import (
     DEFAULT_PATH,
-    HOST_FILES,
     MOUNT_FAILED_CODE,
     MOUNT_FAILED_MARK,
     MergedLower,
@@ -92,11 +91,14 @@ from layercore.runtime.sandbox import (
     OverlayUnavailable,
     bwrap_command,
     chroot_command,
+    host_files_for,
+    id_table,
     in_overlay,
     kill_group,
     link_lowers,
     make_skeleton,
     overlay_failed,
+    overlay_options,
     overlay_works,
     unmount,
 )
@@ -926,13 +928,7 @@ class _Build:
                 text = image.stack.read(path).decode(errors="replace")
             except (SourceNotFoundError, OSError, ValueError):
                 return {}
-            rows = {}
-            for line in text.splitlines():
-                fields = line.split(":")
-                if len(fields) >= 4 and fields[2].isdigit():
-                    gid = int(fields[3]) if fields[3].isdigit() else 0
-                    rows[fields[0]] = (int(fields[2]), gid)
-            return rows
+            return id_table(text)
 
         if user.isdigit():
             uid, gid = int(user), int(user)
@@ -1504,7 +1500,7 @@ class _Build:
             xattrs: Literal["trusted", "user"] = "user" if userns else "trusted"
             snapshots = self.store.snapshots(image.layers, xattrs=xattrs, given=self.linked)
             lowers = link_lowers(ws, snapshots)
-            files = [f for f in HOST_FILES if network != "none" and os.path.exists(f)]
+            files = host_files_for(network)
             points = [("proc", True), ("dev", True), *((f, False) for f in files)]
             points.append((state.workdir, True))
             for m in mounts:
@@ -1514,9 +1510,7 @@ class _Build:
                 (ws / name).mkdir(mode=0o755)
             os.chmod(ws / "upper", 0o755)
             merged = ws / "merged"
-            options = ("userxattr," if userns else "index=off,redirect_dir=off,metacopy=off,") + (
-                "lowerdir=" + ":".join(["skel", *lowers]) + ",upperdir=upper,workdir=work"
-            )
+            options = overlay_options(lowers, userns=userns)
             self._run(
                 stage,
                 state,
@@ -1563,7 +1557,7 @@ class _Build:
         uid, gid = self.owner(user, image, ins) if user else (0, 0)
         workdir = state.workdir
         if host_files is None:
-            host_files = [f for f in HOST_FILES if network != "none" and os.path.exists(f)]
+            host_files = host_files_for(network)
         userns = overlay is not None and os.geteuid() != 0
         if uid != 0 and os.geteuid() == 0:
             command = chroot_command(

@@ -23,6 +23,8 @@ from layercore.errors import ContainerNotFoundError, ImageNotFoundError, LayerEr
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from layercore.runtime.containers import ContainerInfo
 
 __all__ = ["is_container", "register", "remove_containers", "show_changes"]
@@ -142,23 +144,22 @@ def _cmd_run(args: argparse.Namespace, session: Session) -> int:
     cmd = list(args.cmd)
     if cmd[:1] == ["--"]:
         cmd = cmd[1:]
-    entrypoint = None if args.entrypoint is None else [args.entrypoint]
+    # The same container whichever way it is made (see _launch).
+    options: dict[str, Any] = {
+        "name": args.name,
+        "env": args.env,
+        "workdir": args.workdir,
+        "user": args.user,
+        "mounts": args.volume,
+        "network": args.network,
+        "entrypoint": None if args.entrypoint is None else [args.entrypoint],
+        "rm": args.rm,
+        "tty": args.tty,
+        "interactive": args.interactive,
+    }
 
     def run() -> int:
-        return session.store.run(
-            args.image,
-            cmd or None,
-            name=args.name,
-            env=args.env,
-            workdir=args.workdir,
-            user=args.user,
-            mounts=args.volume,
-            network=args.network,
-            entrypoint=entrypoint,
-            rm=args.rm,
-            tty=args.tty,
-            interactive=args.interactive,
-        ).exit_code
+        return session.store.run(args.image, cmd or None, **options).exit_code
 
     try:
         if args.pull == "always":
@@ -166,7 +167,7 @@ def _cmd_run(args: argparse.Namespace, session: Session) -> int:
         else:
             # A tag whose snapshots exist runs without the store and image modules, whose
             # import would be most of the start-up; anything else goes the whole way.
-            launched = _launch(args, cmd or None, entrypoint)
+            launched = _launch(args.store, args.image, cmd or None, options)
             if launched is not None:
                 return launched
         try:
@@ -182,7 +183,7 @@ def _cmd_run(args: argparse.Namespace, session: Session) -> int:
 
 
 def _launch(
-    args: argparse.Namespace, cmd: list[str] | None, entrypoint: list[str] | None
+    store: str | None, image: str, cmd: list[str] | None, options: dict[str, Any]
 ) -> int | None:
     """The exit code of ``run`` through :func:`layercore.runtime.containers.launch`, or None
     when that does not apply."""
@@ -191,22 +192,8 @@ def _launch(
     from layercore import layout
     from layercore.runtime.containers import launch
 
-    root = os.path.abspath(os.path.expanduser(args.store or layout.default_root()))
-    result = launch(
-        root,
-        args.image,
-        cmd,
-        name=args.name,
-        env=args.env,
-        workdir=args.workdir,
-        user=args.user,
-        mounts=args.volume,
-        network=args.network,
-        entrypoint=entrypoint,
-        rm=args.rm,
-        tty=args.tty,
-        interactive=args.interactive,
-    )
+    root = os.path.abspath(os.path.expanduser(store or layout.default_root()))
+    result = launch(root, image, cmd, **options)
     return None if result is None else result.exit_code
 
 

@@ -60,13 +60,15 @@ from layercore.errors import (
 from layercore.runtime.records import Record
 from layercore.runtime.sandbox import (
     DEFAULT_PATH,
-    HOST_FILES,
     MergedLower,
     Mount,
     bwrap_command,
     chroot_command,
+    host_files_for,
+    id_table,
     link_lowers,
     make_skeleton,
+    overlay_options,
 )
 
 # ``typing`` and the image and store modules only for the checker: ``layercore run`` of an
@@ -386,10 +388,10 @@ def launch(
     if found is None:
         return None
     digest, config, diff_ids = found
-    xattrs = "user" if os.geteuid() != 0 else "trusted"
-    chains = [_core.chain_id(diff_ids[: i + 1]) for i in range(len(diff_ids))]
+    xattrs = _xattrs()
     snapshots = [
-        Path(layout.snapshot_path(root, c.removeprefix("sha256:"), xattrs)) for c in chains
+        Path(layout.snapshot_path(root, c.removeprefix("sha256:"), xattrs))
+        for c in layout.chains(diff_ids)
     ]
     if not all(path.is_dir() for path in snapshots):
         return None
@@ -509,9 +511,15 @@ def _record(
         "network": network,
         "mounts": [m.to_json() for m in binds],
         "tty": tty,
-        "xattrs": "user" if os.geteuid() != 0 else "trusted",
+        "xattrs": _xattrs(),
         "created": _now(),
     }
+
+
+def _xattrs() -> str:
+    """The form this process makes and mounts snapshots in: ``trusted.overlay`` xattrs as
+    root, ``user.overlay`` ones (``userxattr``) in a user namespace."""
+    return "user" if os.geteuid() != 0 else "trusted"
 
 
 def _make(
@@ -529,8 +537,7 @@ def _make(
     try:
         link_lowers(tmp, snapshots)
         points = [("proc", True), ("dev", True), (record["workdir"], True)]
-        if record["network"] != "none":
-            points += [(f, False) for f in HOST_FILES if os.path.exists(f)]
+        points += [(f, False) for f in host_files_for(record["network"])]
         points += [(m["target"], os.path.isdir(m["source"])) for m in record["mounts"]]
         make_skeleton(MergedLower(snapshots, record["xattrs"]), tmp / "skel", points)
         for part in ("upper", "work", "merged"):
@@ -657,7 +664,7 @@ def _sandbox(directory: Path, record: Mapping[str, Any]) -> _Sandbox:
     mounts = [
         Mount("bind", Path(m["source"]), m["target"], bool(m["readonly"])) for m in record["mounts"]
     ]
-    files = [f for f in HOST_FILES if network != "none" and os.path.exists(f)]
+    files = host_files_for(network)
     lower = _lower(directory, record["xattrs"])
     uid, gid = _ids(record["user"], lower, record["name"])
     _check_command(
@@ -677,11 +684,8 @@ def _sandbox(directory: Path, record: Mapping[str, Any]) -> _Sandbox:
         if uid != 0 or gid != 0:
             at = command.index("--chdir")
             command[at:at] = ["--unshare-user", "--uid", str(uid), "--gid", str(gid)]
-    options = ("userxattr," if userns else "index=off,redirect_dir=off,metacopy=off,") + (
-        "lowerdir="
-        + ":".join(["skel", *(f"l/{i}" for i in reversed(range(len(lower.layers))))])
-        + ",upperdir=upper,workdir=work"
-    )
+    lowers = [f"l/{i}" for i in reversed(range(len(lower.layers)))]  # as link_lowers named them
+    options = overlay_options(lowers, userns=userns)
     return _Sandbox(command, process_env, directory, options, userns)
 
 
@@ -954,29 +958,25 @@ def changes(store: Store, name: str) -> list[ContainerChange]:
     opaque = f"{record['xattrs']}.overlay.opaque"
     out: list[ContainerChange] = []
 
-    def visit(upper: Path, rel: str) -> None:
+    def visit(upper: str, rel: str) -> None:
         with os.scandir(upper) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
+            entries = [(e, e.stat(follow_symlinks=False)) for e in it]
+        gone = {e.name for e, st in entries if _is_whiteout(e.path, st)}
+        if rel and _xattr(upper, opaque) == b"y" and lower.lookup(rel) is not None:
+            # A replaced directory: what the image had there and the new one lacks is gone.
+            present = {e.name for e, _st in entries} - gone
+            for name in sorted(set(lower.listdir(rel)) - present):
+                out.append(ContainerChange("D", f"{rel}/{name}"))
+        for entry, st in entries:
             path = f"{rel}/{entry.name}"
-            st = entry.stat(follow_symlinks=False)
-            if _is_whiteout(entry.path, st):
+            if entry.name in gone:
                 out.append(ContainerChange("D", path))
                 continue
-            there = lower.lookup(path) is not None
-            out.append(ContainerChange("C" if there else "A", path))
+            out.append(ContainerChange("C" if lower.lookup(path) is not None else "A", path))
             if stat.S_ISDIR(st.st_mode):
-                if there and _xattr(entry.path, opaque) == b"y":
-                    present = {e.name for e in entries_of(entry.path)}
-                    for gone in sorted(set(lower.listdir(path)) - present):
-                        out.append(ContainerChange("D", f"{path}/{gone}"))
-                visit(Path(entry.path), path)
+                visit(entry.path, path)
 
-    def entries_of(path: str) -> list[os.DirEntry[str]]:
-        with os.scandir(path) as it:
-            return [e for e in it if not _is_whiteout(e.path, e.stat(follow_symlinks=False))]
-
-    visit(directory / "upper", "")
+    visit(os.fspath(directory / "upper"), "")
     return sorted(out, key=lambda c: c.path.split("/"))
 
 
@@ -1227,14 +1227,10 @@ def _table(lower: MergedLower, rel: str) -> dict[str, tuple[int, int]]:
     found = lower.lookup(path) if path else None
     if found is None or not stat.S_ISREG(found[0].st_mode):
         return {}
-    rows = {}
-    with suppress(OSError):
-        for line in found[2].read_text(errors="replace").splitlines():
-            fields = line.split(":")
-            if len(fields) >= 3 and fields[2].isdigit():
-                gid = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else 0
-                rows[fields[0]] = (int(fields[2]), gid)
-    return rows
+    try:
+        return id_table(found[2].read_text(errors="replace"))
+    except OSError:
+        return {}
 
 
 def _lower(directory: Path, xattrs: str) -> MergedLower:

@@ -39,11 +39,14 @@ __all__ = [
     "OverlayUnavailable",
     "bwrap_command",
     "chroot_command",
+    "host_files_for",
+    "id_table",
     "in_overlay",
     "kill_group",
     "link_lowers",
     "make_skeleton",
     "overlay_failed",
+    "overlay_options",
     "overlay_works",
     "unmount",
 ]
@@ -176,6 +179,32 @@ def in_overlay(command: list[str], ws: Path, options: str, *, userns: bool) -> l
     if userns:
         outer[1:1] = ["--user", "--map-root-user"]
     return [*outer, "--", "/bin/sh", "-c", script, "sh", str(ws), options, *command]
+
+
+def id_table(text: str) -> dict[str, tuple[int, int]]:
+    """``name -> (id, gid)`` of an ``/etc/passwd``- or ``/etc/group``-like file's text
+    (a missing or odd gid field is 0), for ``USER name`` and ``--user name``."""
+    rows = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            gid = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else 0
+            rows[fields[0]] = (int(fields[2]), gid)
+    return rows
+
+
+def host_files_for(network: str) -> list[str]:
+    """The host's files a command with ``network`` sees (none without a network)."""
+    return [f for f in HOST_FILES if network != "none" and os.path.exists(f)]
+
+
+def overlay_options(lowers: Sequence[str], *, userns: bool) -> str:
+    """The mount options of a writable overlay with the skeleton dir ``skel`` on top of
+    ``lowers`` (top first, as :func:`link_lowers` names them), ``upper`` and ``work``: paths
+    relative to the directory that holds them; ``userxattr`` in a user namespace, else no
+    index, redirects or metacopy (an upper dir must be a plain changeset to become a layer)."""
+    prefix = "userxattr," if userns else "index=off,redirect_dir=off,metacopy=off,"
+    return f"{prefix}lowerdir={':'.join(['skel', *lowers])},upperdir=upper,workdir=work"
 
 
 def link_lowers(ws: Path, snapshots: Sequence[Path]) -> list[str]:
